@@ -1,0 +1,248 @@
+"""Modelgate settings: one file, everything from the environment.
+
+The defaults are the embedded profile (SQLite, a filesystem broker and artifacts under ``var/``), so
+that ``make run`` needs no server. Setting ``DATABASE_URL``, ``CELERY_BROKER_URL`` and
+``ARTIFACT_STORE=s3://bucket/prefix`` moves the same code onto PostgreSQL, Redis and S3.
+A secret may also come from ``NAME_FILE`` (a path), as Docker and Kubernetes secrets do.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    env.read_env(str(BASE_DIR / ".env"))
+
+VAR_DIR = Path(env.str("MODELGATE_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def secret(name: str, default: str = "") -> str:
+    """Read ``NAME`` or, failing that, the file named by ``NAME_FILE``."""
+    path = env.str(f"{name}_FILE", default="")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE={path} cannot be read: {exc}") from exc
+    return env.str(name, default=default)
+
+
+DEBUG = env.bool("DEBUG", default=False)
+# The production profile (``MODELGATE_PROFILE=production``) refuses to start without a real secret key
+# and turns on the secure-cookie and HSTS settings that ``check --deploy`` asks for.
+PROFILE = env.str("MODELGATE_PROFILE", default="embedded")
+if PROFILE not in {"embedded", "production"}:
+    raise ImproperlyConfigured(f"MODELGATE_PROFILE must be 'embedded' or 'production', not {PROFILE!r}")
+SECRET_KEY = secret("SECRET_KEY")
+if not SECRET_KEY:
+    if PROFILE == "production":
+        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) is required in the production profile")
+    SECRET_KEY = "embedded-insecure-key-set-SECRET_KEY-in-production"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+PUBLIC_URL = env.str("PUBLIC_URL", default="http://127.0.0.1:8000").rstrip("/")
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[PUBLIC_URL])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "knox",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "registry",
+    "lifecycle",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'modelgate.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions take the write lock up front, so concurrent pushes queue on it instead of
+    # failing with "database is locked" when a read transaction tries to upgrade to a write.
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "ui:model-list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+# --- Artifacts -------------------------------------------------------------------------------------
+# ARTIFACT_STORE is a directory, or s3://bucket/prefix (boto3 through django-storages; AWS_ENDPOINT_URL
+# points it at MinIO or any S3-compatible store).
+ARTIFACT_STORE = env.str("ARTIFACT_STORE", default=str(VAR_DIR / "artifacts"))
+AWS_ENDPOINT_URL = env.str("AWS_ENDPOINT_URL", default="") or None
+AWS_REGION = env.str("AWS_REGION", default=env.str("AWS_DEFAULT_REGION", default="us-east-1"))
+# Uploads larger than this are refused with 413 (bytes; default 4 GiB).
+MAX_ARTIFACT_BYTES = env.int("MAX_ARTIFACT_BYTES", default=4 * 1024**3)
+MAX_DATASET_BYTES = env.int("MAX_DATASET_BYTES", default=4 * 1024**3)
+# Uploads stream to a temporary file chunk by chunk and are hashed on the way; nothing is held whole.
+FILE_UPLOAD_HANDLERS = ["registry.uploads.HashingUploadHandler"]
+FILE_UPLOAD_TEMP_DIR = env.str("FILE_UPLOAD_TEMP_DIR", default="") or None
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024**2  # non-file fields, e.g. the metadata JSON
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 200
+
+# --- Celery ----------------------------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = VAR_DIR / "broker"
+    for _sub in ("out", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "out"),
+        "data_folder_out": str(_broker_dir / "out"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+else:
+    # Conversions can run for many minutes; a shorter visibility timeout would redeliver them mid-run.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=2 * 3600),
+    }
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=4.0)
+# The beat schedule: the reconciler re-enqueues pipeline work whose task was lost.
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-pipeline": {
+        "task": "workers.tasks.reconcile_pipeline",
+        "schedule": env.float("MODELGATE_RECONCILE_SECONDS", default=60.0),
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# --- Lifecycle -------------------------------------------------------------------------------------
+# A claimed pipeline step older than this is considered lost (its worker died) and is re-enqueued.
+MODELGATE_TASK_LEASE_SECONDS = env.int("MODELGATE_TASK_LEASE_SECONDS", default=20 * 60)
+# A version whose pipeline step was started this many times without finishing is rejected rather than
+# requeued forever (a model that kills its worker every time).
+MODELGATE_MAX_TASK_ATTEMPTS = env.int("MODELGATE_MAX_TASK_ATTEMPTS", default=3)
+# How long a registered version may wait for its first task before the reconciler enqueues it again.
+MODELGATE_RECONCILE_GRACE_SECONDS = env.int("MODELGATE_RECONCILE_GRACE_SECONDS", default=60)
+MODELGATE_GATE_TIME_LIMIT = env.int("MODELGATE_GATE_TIME_LIMIT", default=15 * 60)
+
+# --- API -------------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "registry.auth.BearerOrTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "registry.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+# Tokens are stored hashed (knox), expire after TOKEN_TTL_DAYS (0: never) and can be revoked one by one.
+TOKEN_TTL_DAYS = env.int("TOKEN_TTL_DAYS", default=90)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(days=TOKEN_TTL_DAYS) if TOKEN_TTL_DAYS else None,
+    "AUTO_REFRESH": False,
+    "TOKEN_LIMIT_PER_USER": None,
+    "TOKEN_PREFIX": "mg_",  # recognisable in logs and by secret scanners
+}
+KNOX_TOKEN_MODEL = "registry.ApiToken"
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Modelgate API",
+    "DESCRIPTION": "Model registry with a CI/CD lifecycle.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # The docs page uses the vendored swagger-ui from drf-spectacular-sidecar: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Slack -----------------------------------------------------------------------------------------
+SLACK_BOT_TOKEN = secret("SLACK_BOT_TOKEN")
+SLACK_SIGNING_SECRET = secret("SLACK_SIGNING_SECRET")
+SLACK_API_URL = env.str("SLACK_API_URL", default="https://slack.com/api/")
+
+# --- Security --------------------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+if PROFILE == "production":
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_REFERRER_POLICY = "same-origin"
+    X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

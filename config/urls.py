@@ -1,0 +1,21 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from registry import health
+
+urlpatterns = [
+    path("api/v1/", include(("registry.api.urls", "api"))),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics, name="metrics"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("", include(("registry.ui.urls", "ui"))),
+]
+
+handler400 = "registry.api.errors.handler400"
+handler403 = "registry.api.errors.handler403"
+handler404 = "registry.api.errors.handler404"
+handler500 = "registry.api.errors.handler500"

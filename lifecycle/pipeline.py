@@ -1,0 +1,222 @@
+"""The pipeline: push → validating → (rejected | shadowing | awaiting_approval), and its reconciler.
+
+Work is handed to Celery by task name once the transaction that created it commits. Every step
+claims its version with a compare-and-set lease, so a duplicate delivery does nothing, and a worker
+that died leaves a lease that expires and is handed out again by ``pipeline_reconcile``. A step that
+keeps dying (a model that crashes or exhausts its worker) is stopped after a few attempts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from lifecycle import gates
+from lifecycle.policy import policy_parse
+from lifecycle.states import PIPELINE_STATES, TransitionNotAllowed, version_transition
+from registry.events import event_record
+from registry.models import EventKind, GateResult, ModelVersion
+from registry.models import VersionStatus as S
+from registry.selectors import model_champion
+from registry.services import Upload, model_version_register
+
+log = logging.getLogger(__name__)
+
+GATES_ACTOR = "system:gates"
+RUN_GATES = "workers.tasks.run_gates"
+
+
+def _send(task_name: str, *args: Any) -> None:
+    from config.celery import app
+
+    try:
+        app.send_task(task_name, args=list(args))
+    except Exception:
+        # The broker is away. The state is committed, so nothing is lost: the reconciler enqueues it
+        # again once the broker is back. A push must not fail because of it.
+        log.warning("could not enqueue %s%s; the reconciler will retry", task_name, args, exc_info=True)
+
+
+def enqueue_on_commit(task_name: str, *args: Any) -> None:
+    """Send a task by name once the current transaction commits (right away outside one).
+
+    By name, so that ``lifecycle`` does not import ``workers`` (the dependency points the other way).
+    """
+    transaction.on_commit(partial(_send, task_name, *args), robust=True)
+
+
+@transaction.atomic
+def version_push(*, model, upload: Upload, metadata: dict, actor, idempotency_key: str | None = None):
+    """Register a pushed version and start its pipeline once the push commits."""
+    version, created = model_version_register(
+        model=model, upload=upload, metadata=metadata, actor=actor, idempotency_key=idempotency_key
+    )
+    if created:
+        enqueue_on_commit(RUN_GATES, version.pk)
+    return version, created
+
+
+# --- validation ---------------------------------------------------------------------------------------
+
+
+def validation_claim(version_id: int, *, now: dt.datetime | None = None) -> ModelVersion | None:
+    """Claim the version's validation step; None when another worker holds it or nothing is left."""
+    now = now or timezone.now()
+    lease = now + dt.timedelta(seconds=settings.MODELGATE_TASK_LEASE_SECONDS)
+    with transaction.atomic():
+        claimed = (
+            ModelVersion.objects.filter(pk=version_id, status__in=PIPELINE_STATES)
+            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+            .update(lease_expires_at=lease, task_attempts=F("task_attempts") + 1)
+        )
+        if claimed != 1:
+            return None
+        version = ModelVersion.objects.select_related("model").get(pk=version_id)
+        if version.task_attempts > settings.MODELGATE_MAX_TASK_ATTEMPTS:
+            version_transition(
+                version_id=version.pk,
+                to=S.REJECTED,
+                actor=GATES_ACTOR,
+                reason=(
+                    f"validation did not finish after {version.task_attempts - 1} attempts: the worker died "
+                    "each time (the model may exhaust memory or crash its runtime)"
+                ),
+                lease_expires_at=None,
+            )
+            return None
+        if version.status == S.REGISTERED:
+            version = version_transition(
+                version_id=version.pk, to=S.VALIDATING, actor=GATES_ACTOR, expected=S.REGISTERED
+            )
+        elif version.task_attempts > 1:
+            event_record(
+                kind=EventKind.TASK_RECLAIMED,
+                actor=GATES_ACTOR,
+                version=version,
+                data={"step": "validation", "attempt": version.task_attempts},
+            )
+    return version
+
+
+def _next_stage(version: ModelVersion) -> tuple[str, str]:
+    """Where a version goes once its gates pass, and why the shadow stage is skipped when it is."""
+    policy = policy_parse(version.model.policy)
+    champion = model_champion(version.model)
+    if champion is None or champion.pk == version.pk:
+        return S.AWAITING_APPROVAL, "no champion: the first version of a model has nothing to shadow"
+    if not policy.shadow.enabled:
+        return S.AWAITING_APPROVAL, "shadowing not configured: the policy turns it off"
+    return S.AWAITING_APPROVAL, "shadowing not configured: no serving stack is installed in this release"
+
+
+@transaction.atomic
+def validation_finish(*, version_id: int, attempt: int, evaluation: gates.Evaluation) -> ModelVersion | None:
+    """Write one attempt's gate results and move the version on, all in one transaction.
+
+    Returns None when the work was already done (a duplicate delivery finished first).
+    """
+    version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version_id)
+    if version.status != S.VALIDATING or version.gate_attempt != attempt:
+        return None
+    if GateResult.objects.filter(version=version, attempt=attempt).exists():
+        return None
+    GateResult.objects.bulk_create(
+        [
+            GateResult(
+                version=version,
+                attempt=attempt,
+                gate_index=o.gate_index,
+                gate=o.gate,
+                metric=o.metric,
+                slice=o.slice,
+                value=o.value,
+                baseline=o.baseline,
+                threshold=o.threshold,
+                passed=o.passed,
+                skipped_reason=o.skipped_reason,
+                rows=o.rows,
+                duration_ms=o.duration_ms,
+                details=o.details,
+            )
+            for o in evaluation.outcomes
+        ]
+    )
+    if evaluation.signature is not None:
+        ModelVersion.objects.filter(pk=version.pk).update(signature=evaluation.signature)
+    failed = evaluation.failed
+    event_record(
+        kind=EventKind.GATES_COMPLETED,
+        actor=GATES_ACTOR,
+        version=version,
+        data={
+            "attempt": attempt,
+            "passed": not failed,
+            "runtime": evaluation.runtime,
+            "results": len(evaluation.outcomes),
+            "failed": [o.gate for o in failed],
+        },
+    )
+    done = {"lease_expires_at": None, "task_attempts": 0}
+    if failed:
+        return version_transition(
+            version_id=version.pk,
+            to=S.REJECTED,
+            actor=GATES_ACTOR,
+            reason=gates.rejection_reason(failed),
+            **done,
+        )
+    target, skipped = _next_stage(version)
+    if target == S.AWAITING_APPROVAL:
+        event_record(
+            kind=EventKind.STAGE_SKIPPED,
+            actor=GATES_ACTOR,
+            version=version,
+            data={"stage": "shadow", "reason": skipped},
+        )
+    return version_transition(version_id=version.pk, to=target, actor=GATES_ACTOR, reason=skipped, **done)
+
+
+def validation_run(version_id: int) -> ModelVersion | None:
+    """The whole validation step of one version: claim, evaluate, finish. Safe to run twice."""
+    version = validation_claim(version_id)
+    if version is None:
+        log.info("version %s: nothing to validate (already claimed or done)", version_id)
+        return None
+    evaluation = gates.gates_evaluate(version)
+    try:
+        return validation_finish(version_id=version.pk, attempt=version.gate_attempt, evaluation=evaluation)
+    except TransitionNotAllowed:
+        log.info("version %s moved on while its gates ran; results dropped", version_id)
+        return None
+
+
+# --- reconciler ----------------------------------------------------------------------------------------
+
+
+def pipeline_stuck(now: dt.datetime | None = None) -> list[int]:
+    """Versions whose pipeline step was lost: an expired lease, or never picked up after the grace time."""
+    now = now or timezone.now()
+    grace = now - dt.timedelta(seconds=settings.MODELGATE_RECONCILE_GRACE_SECONDS)
+    return list(
+        ModelVersion.objects.filter(status__in=PIPELINE_STATES)
+        .filter(Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True, status_changed_at__lt=grace))
+        .order_by("id")
+        .values_list("id", flat=True)[:1000]
+    )
+
+
+def pipeline_reconcile(now: dt.datetime | None = None) -> list[int]:
+    """Re-enqueue every stuck version; the step's own claim makes a needless re-enqueue harmless."""
+    stuck = pipeline_stuck(now)
+    for version_id in stuck:
+        _send(RUN_GATES, version_id)
+    if stuck:
+        log.info("reconciler re-enqueued %d version(s): %s", len(stuck), stuck[:20])
+    return stuck

@@ -1,0 +1,288 @@
+"""API shapes (DESIGN.md §4). Input serializers validate; output serializers only present."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.validators import RegexValidator
+from rest_framework import serializers
+
+from registry.models import (
+    Alias,
+    Dataset,
+    DatasetRole,
+    Event,
+    GateResult,
+    ModelVersion,
+    RegisteredModel,
+    Role,
+    VersionStatus,
+)
+
+slug = RegexValidator(
+    r"^[a-z0-9][a-z0-9_-]*$", "use lowercase letters, digits, '-' and '_', starting with a letter or digit"
+)
+hex64 = RegexValidator(r"^[0-9a-fA-F]{64}$", "a sha256 is 64 hexadecimal characters")
+
+
+def _tags() -> serializers.ListField:
+    return serializers.ListField(child=serializers.CharField(max_length=64), max_length=50, required=False)
+
+
+# --- input ------------------------------------------------------------------------------------------------
+
+
+class ModelCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, validators=[slug])
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000, default="")
+    tags = _tags()
+    policy = serializers.JSONField(required=False)
+
+
+class ModelPatchSerializer(serializers.Serializer):
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    tags = _tags()
+
+
+class PolicySerializer(serializers.Serializer):
+    """The policy document itself is free-form JSON checked by ``lifecycle.policy``."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        return data
+
+
+class RoleGrantSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150)
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class SourceSerializer(serializers.Serializer):
+    git_sha = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    branch = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    ci_run_url = serializers.URLField(required=False, allow_blank=True, max_length=1000)
+    author = serializers.CharField(required=False, allow_blank=True, max_length=150)
+    repository = serializers.CharField(required=False, allow_blank=True, max_length=500)
+
+
+class DatasetRefSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    version = serializers.JSONField(required=False, default="latest")
+    role = serializers.ChoiceField(choices=DatasetRole.choices, default=DatasetRole.TRAIN)
+
+    def validate_version(self, value: Any) -> Any:
+        if value == "latest" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise serializers.ValidationError("a positive version number or 'latest'")
+
+
+class ParentRefSerializer(serializers.Serializer):
+    model = serializers.CharField(max_length=100)
+    version = serializers.IntegerField(min_value=1)
+    kind = serializers.CharField(max_length=32, required=False, default="derived_from", validators=[slug])
+
+
+class PushMetadataSerializer(serializers.Serializer):
+    sha256 = serializers.CharField(required=False, validators=[hex64])
+    source = SourceSerializer(required=False)
+    params = serializers.DictField(required=False)
+    metrics = serializers.DictField(child=serializers.FloatField(), required=False)
+    tags = _tags()
+    datasets = DatasetRefSerializer(many=True, required=False, max_length=100)
+    parents = ParentRefSerializer(many=True, required=False, max_length=100)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+
+
+class PushSerializer(serializers.Serializer):
+    """The multipart push: the artifact file and a JSON ``metadata`` string."""
+
+    artifact = serializers.FileField(allow_empty_file=False)
+    metadata = serializers.CharField(required=False, default="{}", max_length=1_000_000)
+
+    def validate_metadata(self, value: str) -> dict:
+        try:
+            document = json.loads(value or "{}")
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise serializers.ValidationError(f"metadata is not valid JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise serializers.ValidationError("metadata must be a JSON object")
+        inner = PushMetadataSerializer(data=document)
+        if not inner.is_valid():
+            raise serializers.ValidationError(inner.errors)
+        return inner.validated_data
+
+
+class DatasetUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(allow_empty_file=False)
+    name = serializers.CharField(max_length=100, validators=[slug])
+    version = serializers.IntegerField(min_value=1, required=False)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000, default="")
+
+
+class AliasSetSerializer(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1)
+
+
+# --- output -----------------------------------------------------------------------------------------------
+
+
+class ModelOutSerializer(serializers.ModelSerializer):
+    champion = serializers.SerializerMethodField()
+    counts = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RegisteredModel
+        fields = ["name", "description", "tags", "champion", "policy", "counts", "created_at"]
+
+    def get_champion(self, obj: RegisteredModel) -> int | None:
+        return self.context.get("champions", {}).get(obj.pk)
+
+    def get_counts(self, obj: RegisteredModel) -> dict[str, int]:
+        return self.context.get("counts", {}).get(obj.pk, {})
+
+
+class GateOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = GateResult
+        fields = [
+            "gate",
+            "metric",
+            "slice",
+            "value",
+            "baseline",
+            "threshold",
+            "passed",
+            "skipped_reason",
+            "attempt",
+            "rows",
+            "duration_ms",
+            "details",
+        ]
+
+
+class VersionSummarySerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    created_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "model",
+            "version",
+            "status",
+            "status_reason",
+            "sha256",
+            "size",
+            "format",
+            "source",
+            "tags",
+            "created_by",
+            "created_at",
+            "status_changed_at",
+        ]
+
+    def get_created_by(self, obj: ModelVersion) -> str | None:
+        return obj.created_by.get_username() if obj.created_by else None
+
+
+class VersionOutSerializer(VersionSummarySerializer):
+    datasets = serializers.SerializerMethodField()
+    parents = serializers.SerializerMethodField()
+    gates = GateOutSerializer(source="gate_results", many=True)
+    exports = serializers.SerializerMethodField()
+    shadow = serializers.SerializerMethodField()
+    approvals = serializers.SerializerMethodField()
+    aliases = serializers.SerializerMethodField()
+    artifact_purged_at = serializers.DateTimeField(source="purged_at")
+
+    class Meta(VersionSummarySerializer.Meta):
+        fields = [
+            *VersionSummarySerializer.Meta.fields,
+            "signature",
+            "params",
+            "metrics",
+            "description",
+            "datasets",
+            "parents",
+            "gates",
+            "gate_attempt",
+            "exports",
+            "shadow",
+            "approvals",
+            "aliases",
+            "artifact_purged_at",
+        ]
+
+    def get_datasets(self, obj: ModelVersion) -> list[dict]:
+        return [
+            {"name": link.dataset.name, "version": link.dataset.version, "role": link.role}
+            for link in obj.dataset_links.all()
+        ]
+
+    def get_parents(self, obj: ModelVersion) -> list[dict]:
+        return [
+            {"model": link.parent.model.name, "version": link.parent.version, "kind": link.kind}
+            for link in obj.parent_links.all()
+        ]
+
+    def get_exports(self, obj: ModelVersion) -> list[dict]:
+        return []
+
+    def get_shadow(self, obj: ModelVersion) -> dict | None:
+        return None
+
+    def get_approvals(self, obj: ModelVersion) -> list[dict]:
+        return []
+
+    def get_aliases(self, obj: ModelVersion) -> list[str]:
+        return sorted(alias.name for alias in obj.aliases.all())
+
+
+class DatasetOutSerializer(serializers.ModelSerializer):
+    created_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Dataset
+        fields = [
+            "name",
+            "version",
+            "sha256",
+            "size",
+            "format",
+            "rows",
+            "schema",
+            "description",
+            "created_by",
+            "created_at",
+        ]
+
+    def get_created_by(self, obj: Dataset) -> str | None:
+        return obj.created_by.get_username() if obj.created_by else None
+
+
+class AliasOutSerializer(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.version")
+
+    class Meta:
+        model = Alias
+        fields = ["name", "version", "updated_at"]
+
+
+class EventOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Event
+        fields = ["id", "kind", "actor", "data", "at"]
+
+
+class HistoryEntrySerializer(serializers.Serializer):
+    version = serializers.IntegerField(source="version.version", allow_null=True)
+    previous = serializers.IntegerField(source="previous.version", allow_null=True)
+    kind = serializers.CharField()
+    actor = serializers.CharField()
+    reason = serializers.CharField()
+    at = serializers.DateTimeField()
+
+
+class StatusFilterSerializer(serializers.Serializer):
+    status = serializers.MultipleChoiceField(choices=VersionStatus.choices, required=False)
+    tag = serializers.CharField(required=False, max_length=64)

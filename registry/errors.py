@@ -1,0 +1,38 @@
+"""Errors that services raise and every interface (API, UI, CLI) turns into a clear answer."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A refusal with an HTTP status, a short code and a sentence for a person."""
+
+    status = 400
+    code = "invalid"
+
+    def __init__(
+        self, message: str, *, fields: dict[str, list[str]] | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+        if code:
+            self.code = code
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class Gone(ServiceError):
+    status = 410
+    code = "gone"
+
+
+class ChecksumMismatch(ServiceError):
+    code = "checksum_mismatch"

@@ -1,0 +1,308 @@
+"""The catalog: registered models, their versions, datasets, lineage links, aliases and the audit log.
+
+Models hold fields, choices, constraints and cheap properties. Writes go through the services in
+``registry/services.py`` and ``lifecycle/``; reads that are more than a one-liner through selectors.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from knox.models import AbstractAuthToken
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer"
+    PUBLISHER = "publisher"
+    APPROVER = "approver"
+    OWNER = "owner"
+
+
+class VersionStatus(models.TextChoices):
+    REGISTERED = "registered"
+    VALIDATING = "validating"
+    REJECTED = "rejected"
+    SHADOWING = "shadowing"
+    AWAITING_APPROVAL = "awaiting_approval"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+    RETIRED = "retired"
+
+
+class ArtifactFormat(models.TextChoices):
+    KERAS = "keras"
+    SAVEDMODEL = "savedmodel"
+    ONNX = "onnx"
+    TFLITE = "tflite"
+
+
+class DatasetRole(models.TextChoices):
+    TRAIN = "train"
+    VALIDATION = "validation"
+    TEST = "test"
+
+
+class RegisteredModel(models.Model):
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True, default="")
+    tags = models.JSONField(default=list, blank=True)
+    policy = models.JSONField(default=dict, blank=True)
+    # The next version number to hand out. It is read and bumped under this row's lock inside the push
+    # transaction, so numbers are gap-free: a push that rolls back gives its number back.
+    next_version = models.PositiveIntegerField(default=1)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelRole(models.Model):
+    """A user's role on one registered model. Staff users are admins of every model."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="roles")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="model_roles")
+    role = models.CharField(max_length=16, choices=Role.choices)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "user", "role"], name="uniq_model_user_role")]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} of {self.model}"
+
+
+class ModelVersion(models.Model):
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    # Only lifecycle.states.version_transition writes status (and registration sets the first one).
+    status = models.CharField(max_length=24, choices=VersionStatus.choices, default=VersionStatus.REGISTERED)
+    status_reason = models.TextField(blank=True, default="")
+    status_changed_at = models.DateTimeField(default=timezone.now)
+
+    artifact_key = models.CharField(max_length=255, blank=True, default="")
+    sha256 = models.CharField(max_length=64, db_index=True)
+    size = models.BigIntegerField()
+    format = models.CharField(max_length=16, choices=ArtifactFormat.choices)
+    packaging = models.CharField(max_length=8, default="file")  # file | zip | tar.gz
+    signature = models.JSONField(null=True, blank=True)
+
+    source = models.JSONField(default=dict, blank=True)
+    git_sha = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    params = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)  # as reported by CI: shown, never trusted
+    tags = models.JSONField(default=list, blank=True)
+    description = models.TextField(blank=True, default="")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    # Pipeline bookkeeping. gate_attempt numbers validation runs (revalidate adds one). task_attempts
+    # counts how often the current step was claimed without finishing; lease_expires_at is when a
+    # claimed step is presumed lost (its worker died) so that the reconciler may hand it out again.
+    gate_attempt = models.PositiveIntegerField(default=1)
+    task_attempts = models.PositiveSmallIntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    purged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["model_id", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "version"], name="uniq_model_version"),
+            models.UniqueConstraint(
+                fields=["model", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="uniq_model_idempotency_key",
+            ),
+            # At most one production version per model, whatever the code above tries.
+            models.UniqueConstraint(
+                fields=["model"], condition=Q(status="production"), name="one_production_version_per_model"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "id"], name="version_status_id"),
+            models.Index(fields=["model", "status"], name="version_model_status"),
+            models.Index(fields=["created_at"], name="version_created_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} v{self.version}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name} v{self.version}"
+
+
+class Dataset(models.Model):
+    name = models.SlugField(max_length=100)
+    version = models.PositiveIntegerField()
+    artifact_key = models.CharField(max_length=255)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    size = models.BigIntegerField()
+    format = models.CharField(max_length=16)  # csv | parquet | npz
+    rows = models.BigIntegerField()
+    schema = models.JSONField(default=list)  # [{"name", "dtype"}]
+    description = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name", "-version"]
+        constraints = [models.UniqueConstraint(fields=["name", "version"], name="uniq_dataset_version")]
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class VersionDataset(models.Model):
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="dataset_links")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="version_links")
+    role = models.CharField(max_length=16, choices=DatasetRole.choices)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["version", "dataset", "role"], name="uniq_version_dataset_role")
+        ]
+
+
+class VersionParent(models.Model):
+    """A lineage edge between versions: ``child`` was ``kind`` (fine_tuned_from, …) ``parent``."""
+
+    child = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="parent_links")
+    parent = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="child_links")
+    kind = models.CharField(max_length=32, default="derived_from")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["child", "parent", "kind"], name="uniq_version_parent")
+        ]
+
+
+class Alias(models.Model):
+    """A named pointer to one version of a model. ``champion`` is protected: only promotion moves it."""
+
+    PROTECTED = frozenset({"champion"})
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="aliases")
+    name = models.SlugField(max_length=64)
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="aliases")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "name"], name="uniq_model_alias")]
+
+
+class Promotion(models.Model):
+    """What served, and from when: one row each time the serving version of a model changes."""
+
+    class Kind(models.TextChoices):
+        PROMOTE = "promote"
+        ROLLBACK = "rollback"
+        CLEAR = "clear"  # the champion was retired and nothing serves
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="promotions")
+    version = models.ForeignKey(ModelVersion, null=True, on_delete=models.CASCADE, related_name="promotions")
+    previous = models.ForeignKey(ModelVersion, null=True, on_delete=models.SET_NULL, related_name="+")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PROMOTE)
+    actor = models.CharField(max_length=150, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["model_id", "at", "id"]
+        indexes = [models.Index(fields=["model", "at"], name="promotion_model_at")]
+
+
+class Usage(models.Model):
+    """Daily usage counters of a version; bumped with one upsert per batch, never read per request."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="usage")
+    day = models.DateField()
+    predictions = models.BigIntegerField(default=0)
+    downloads = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "day"], name="uniq_usage_version_day")]
+
+
+class GateResult(models.Model):
+    """One gate's outcome for one slice in one validation attempt. ``passed`` is None when not judged."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="gate_results")
+    attempt = models.PositiveIntegerField()
+    gate_index = models.PositiveSmallIntegerField()
+    gate = models.CharField(max_length=32)
+    metric = models.CharField(max_length=64, blank=True, default="")
+    slice = models.CharField(max_length=200, blank=True, default="")
+    value = models.FloatField(null=True, blank=True)
+    baseline = models.FloatField(null=True, blank=True)
+    threshold = models.FloatField(null=True, blank=True)
+    passed = models.BooleanField(null=True)
+    skipped_reason = models.TextField(blank=True, default="")
+    rows = models.BigIntegerField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["version_id", "attempt", "gate_index", "slice"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "attempt", "gate_index", "metric", "slice"], name="uniq_gate_result"
+            )
+        ]
+
+
+class EventKind(models.TextChoices):
+    MODEL_CREATED = "model.created"
+    MODEL_UPDATED = "model.updated"
+    POLICY_CHANGED = "policy.changed"
+    ROLE_GRANTED = "role.granted"
+    VERSION_REGISTERED = "version.registered"
+    VERSION_TRANSITIONED = "version.transitioned"
+    GATES_COMPLETED = "gates.completed"
+    STAGE_SKIPPED = "stage.skipped"
+    TASK_RECLAIMED = "task.reclaimed"
+    ALIAS_SET = "alias.set"
+    ALIAS_DELETED = "alias.deleted"
+    DATASET_REGISTERED = "dataset.registered"
+    TOKEN_ISSUED = "token.issued"
+    TOKEN_REVOKED = "token.revoked"
+
+
+class Event(models.Model):
+    """The append-only audit log. Every lifecycle action writes one in its own transaction."""
+
+    kind = models.CharField(max_length=40, choices=EventKind.choices)
+    model = models.ForeignKey(RegisteredModel, null=True, on_delete=models.CASCADE, related_name="events")
+    version = models.ForeignKey(ModelVersion, null=True, on_delete=models.CASCADE, related_name="events")
+    dataset = models.ForeignKey(Dataset, null=True, on_delete=models.CASCADE, related_name="events")
+    actor = models.CharField(max_length=150)  # a username, or "system:<component>"
+    data = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["version", "id"], name="event_version_id")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} by {self.actor} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class ApiToken(AbstractAuthToken):
+    """An API token (knox): only its hash is stored; it expires and can be revoked on its own."""
+
+    name = models.CharField(max_length=100, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created"]

@@ -1,0 +1,153 @@
+"""The artifact store: content-addressed blobs on the local disk or in S3.
+
+A blob's key is derived from its sha256, so the same bytes are stored once whoever pushes them, and a
+retried or concurrent upload of the same bytes is harmless. Both backends are Django storages
+(S3 through django-storages and boto3), chosen by ``ARTIFACT_STORE``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlparse
+
+from django.conf import settings
+from django.core.files.storage import FileSystemStorage, Storage
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+CHUNK = 1024 * 1024
+
+
+class StoreUnavailable(Exception):
+    """The artifact store cannot be reached (S3 endpoint down, disk gone)."""
+
+
+class AtomicFileSystemStorage(FileSystemStorage):
+    """Writes to a temporary name and renames into place, so a half-written blob is never visible
+    under its real key (a worker killed mid-write leaves only a ``.part`` file)."""
+
+    def _save(self, name: str, content: IO[bytes]) -> str:
+        full = self.path(name)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        tmp = f"{full}.{uuid.uuid4().hex}.part"
+        with open(tmp, "wb") as out:
+            if hasattr(content, "chunks"):
+                for chunk in content.chunks(CHUNK):
+                    out.write(chunk)
+            else:
+                while chunk := content.read(CHUNK):
+                    out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, full)
+        return name
+
+    def get_available_name(self, name: str, max_length: int | None = None) -> str:
+        return name  # content-addressed: the same name always means the same bytes
+
+
+def blob_key(sha256: str, kind: str = "artifacts") -> str:
+    return f"{kind}/sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+@cache
+def _store() -> Storage:
+    target = settings.ARTIFACT_STORE
+    if target.startswith("s3://"):
+        from storages.backends.s3 import S3Storage
+
+        parsed = urlparse(target)
+        return S3Storage(
+            bucket_name=parsed.netloc,
+            location=parsed.path.strip("/"),
+            endpoint_url=settings.AWS_ENDPOINT_URL,
+            region_name=settings.AWS_REGION,
+            file_overwrite=True,
+            default_acl=None,
+            querystring_auth=True,
+        )
+    return AtomicFileSystemStorage(location=target)
+
+
+@receiver(setting_changed)
+def _reset_store(*, setting: str, **kwargs: object) -> None:
+    if setting in {"ARTIFACT_STORE", "AWS_ENDPOINT_URL"}:
+        _store.cache_clear()
+
+
+def store() -> Storage:
+    return _store()
+
+
+def _unavailable(exc: Exception) -> StoreUnavailable:
+    return StoreUnavailable(f"the artifact store is unavailable: {exc}")
+
+
+def blob_put(fileobj: IO[bytes], *, sha256: str, kind: str = "artifacts") -> str:
+    """Store the bytes under their content address (once) and return the key."""
+    key = blob_key(sha256, kind)
+    backend = store()
+    try:
+        if not backend.exists(key):
+            fileobj.seek(0)
+            backend.save(key, fileobj)
+    except OSError as exc:
+        raise _unavailable(exc) from exc
+    except Exception as exc:  # botocore errors do not share a base class with OSError
+        if type(exc).__module__.startswith(("botocore", "boto3", "urllib3")):
+            raise _unavailable(exc) from exc
+        raise
+    return key
+
+
+def blob_open(key: str) -> IO[bytes]:
+    try:
+        return store().open(key, "rb")
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) or type(exc).__module__.startswith(("botocore", "boto3")):
+            raise _unavailable(exc) from exc
+        raise
+
+
+def blob_chunks(key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    with blob_open(key) as fh:
+        while chunk := fh.read(chunk_size):
+            yield chunk
+
+
+def blob_exists(key: str) -> bool:
+    return store().exists(key)
+
+
+def blob_delete(key: str) -> None:
+    store().delete(key)
+
+
+@contextmanager
+def blob_local_path(key: str, *, suffix: str = "") -> Iterator[Path]:
+    """A local path to the blob: the file itself on disk, a temporary copy for S3."""
+    backend = store()
+    try:
+        local = Path(backend.path(key))
+    except NotImplementedError:
+        local = None
+    if local is not None:
+        if not local.exists():
+            raise FileNotFoundError(key)
+        yield local
+        return
+    with tempfile.TemporaryDirectory(prefix="modelgate-") as tmp:
+        target = Path(tmp) / f"blob{suffix}"
+        with blob_open(key) as src, target.open("wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
+        yield target

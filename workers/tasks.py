@@ -1,0 +1,24 @@
+"""Celery tasks: thin, idempotent wrappers that take ids and call ``lifecycle`` functions."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+
+from lifecycle import pipeline
+
+
+@shared_task(
+    name="workers.tasks.run_gates",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    time_limit=settings.MODELGATE_GATE_TIME_LIMIT,
+    soft_time_limit=max(settings.MODELGATE_GATE_TIME_LIMIT - 30, 30),
+)
+def run_gates(version_id: int) -> None:
+    pipeline.validation_run(version_id)
+
+
+@shared_task(name="workers.tasks.reconcile_pipeline", ignore_result=True)
+def reconcile_pipeline() -> None:
+    pipeline.pipeline_reconcile()

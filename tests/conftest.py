@@ -261,26 +261,38 @@ def worker_env(django_db_setup, django_db_blocker, artifact_dir: Path, tmp_path_
     return env
 
 
-@pytest.fixture(scope="session")
-def _session_workers(worker_env, tmp_path_factory) -> Iterator[Workers]:
-    import redis
+_shared: dict[str, Workers] = {}
 
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
-    workers = Workers(worker_env, tmp_path_factory.mktemp("worker-logs"))
-    workers.start(concurrency=2)
-    yield workers
-    workers.stop_all()
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_workers() -> Iterator[None]:
+    yield
+    for workers in _shared.values():
+        workers.stop_all()
 
 
 @pytest.fixture
-def celery_workers(_session_workers: Workers, transactional_db) -> Workers:
-    """Session-wide real workers; tests that use them need committed data (transactional_db)."""
-    return _session_workers
+def celery_workers(worker_env, tmp_path_factory, transactional_db) -> Workers:
+    """Real workers shared by the tests that need them (started on first use); committed data only."""
+    workers = _shared.get("session")
+    if workers is None or not workers.procs:
+        import redis
+
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+        workers = _shared["session"] = Workers(worker_env, tmp_path_factory.mktemp("worker-logs"))
+        workers.start(concurrency=2)
+    return workers
 
 
 @pytest.fixture
 def fresh_workers(worker_env, tmp_path, transactional_db) -> Iterator[Workers]:
-    """Workers of this test alone, for tests that kill or reconfigure them."""
+    """Workers of this test alone, for tests that kill or reconfigure them; the shared ones are stopped
+    first so that no other process takes this test's tasks."""
+    import redis
+
+    if "session" in _shared:
+        _shared["session"].stop_all()
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
     workers = Workers(worker_env, tmp_path)
     yield workers
     workers.stop_all()

@@ -125,7 +125,7 @@ _WALK = {
     # Each step follows one parent link; UNION drops repeats, so diamonds do not multiply rows.
     "up": """
         WITH RECURSIVE walk(id, depth) AS (
-            SELECT %s, 0
+            SELECT CAST(%s AS BIGINT), 0
             UNION
             SELECT p.parent_id, w.depth + 1 FROM registry_versionparent p JOIN walk w ON p.child_id = w.id
             WHERE w.depth < %s
@@ -133,7 +133,7 @@ _WALK = {
     """,
     "down": """
         WITH RECURSIVE walk(id, depth) AS (
-            SELECT %s, 0
+            SELECT CAST(%s AS BIGINT), 0
             UNION
             SELECT p.child_id, w.depth + 1 FROM registry_versionparent p JOIN walk w ON p.parent_id = w.id
             WHERE w.depth < %s

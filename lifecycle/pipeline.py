@@ -63,7 +63,7 @@ def version_push(*, model, upload: Upload, metadata: dict, actor, idempotency_ke
     return version, created
 
 
-# --- validation ---------------------------------------------------------------------------------------
+# --- validation ---------------------------------------------------------------------------------
 
 
 def validation_claim(version_id: int, *, now: dt.datetime | None = None) -> ModelVersion | None:
@@ -197,7 +197,7 @@ def validation_run(version_id: int) -> ModelVersion | None:
         return None
 
 
-# --- reconciler ----------------------------------------------------------------------------------------
+# --- reconciler ---------------------------------------------------------------------------------
 
 
 def pipeline_stuck(now: dt.datetime | None = None) -> list[int]:

@@ -48,7 +48,7 @@ class Upload:
     filename: str
 
 
-# --- models ---------------------------------------------------------------------------------------
+# --- models -------------------------------------------------------------------------------------
 
 
 @transaction.atomic
@@ -103,7 +103,7 @@ def model_role_grant(*, model: RegisteredModel, username: str, role: str, actor:
     return grant
 
 
-# --- versions -------------------------------------------------------------------------------------
+# --- versions -----------------------------------------------------------------------------------
 
 
 def _resolve_datasets(specs: list[dict]) -> list[tuple[Dataset, str]]:
@@ -255,7 +255,7 @@ def version_usage_add(*, version_id: int, predictions: int = 0, downloads: int =
             )
 
 
-# --- aliases --------------------------------------------------------------------------------------
+# --- aliases ------------------------------------------------------------------------------------
 
 
 def _check_alias_name(name: str) -> None:
@@ -302,7 +302,7 @@ def alias_delete(*, model: RegisteredModel, name: str, actor: Actor) -> None:
     alias.delete()
 
 
-# --- datasets -------------------------------------------------------------------------------------
+# --- datasets -----------------------------------------------------------------------------------
 
 
 def dataset_register(

@@ -48,7 +48,7 @@ def _artifact_store(settings, artifact_dir: Path) -> None:
     _store.cache_clear()
 
 
-# --- actors ---------------------------------------------------------------------------------------------
+# --- actors -------------------------------------------------------------------------------------
 
 
 class Actor:
@@ -119,7 +119,7 @@ def fraud_model(owner: Actor, publisher: Actor, approver: Actor, viewer: Actor) 
     return model
 
 
-# --- pushing ---------------------------------------------------------------------------------------------
+# --- pushing ------------------------------------------------------------------------------------
 
 
 def push(client: APIClient, model: str, path: Path, metadata: dict | None = None, **headers: str):
@@ -147,7 +147,7 @@ def wait_for_status(
         time.sleep(0.2)
 
 
-# --- real processes --------------------------------------------------------------------------------------
+# --- real processes -----------------------------------------------------------------------------
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import factory
 from django.contrib.auth import get_user_model
@@ -61,7 +62,7 @@ def parent_chain(model: RegisteredModel, length: int, *, kind: str = "fine_tuned
     VersionParent.objects.bulk_create(
         [
             VersionParent(child=child, parent=parent, kind=kind)
-            for parent, child in zip(versions, versions[1:], strict=False)
+            for parent, child in itertools.pairwise(versions)
         ]
     )
     return versions

@@ -30,7 +30,7 @@ def _tags() -> serializers.ListField:
     return serializers.ListField(child=serializers.CharField(max_length=64), max_length=50, required=False)
 
 
-# --- input ------------------------------------------------------------------------------------------------
+# --- input --------------------------------------------------------------------------------------
 
 
 class ModelCreateSerializer(serializers.Serializer):
@@ -123,7 +123,7 @@ class AliasSetSerializer(serializers.Serializer):
     version = serializers.IntegerField(min_value=1)
 
 
-# --- output -----------------------------------------------------------------------------------------------
+# --- output -------------------------------------------------------------------------------------
 
 
 class ModelOutSerializer(serializers.ModelSerializer):

@@ -19,7 +19,7 @@ from tests.factories import DatasetFactory, ModelVersionFactory, link_dataset, p
 pytestmark = pytest.mark.django_db
 
 
-# --- auth matrix -------------------------------------------------------------------------------------------
+# --- auth matrix --------------------------------------------------------------------------------
 
 MUTATIONS = [
     # (method, path, body, roles allowed)
@@ -141,7 +141,7 @@ def test_issue_token_prints_the_token_alone_on_the_last_line(db):
     assert token.startswith("mg_") and " " not in token
 
 
-# --- models and policy ---------------------------------------------------------------------------------------
+# --- models and policy --------------------------------------------------------------------------
 
 
 def test_a_model_shows_its_champion_and_counts(owner, fraud_model):
@@ -201,7 +201,7 @@ def test_a_policy_naming_a_dataset_that_does_not_exist_is_refused(owner, fraud_m
     assert fraud_model.events.filter(kind="policy.changed").count() == 1
 
 
-# --- versions, aliases, history ---------------------------------------------------------------------------------
+# --- versions, aliases, history -----------------------------------------------------------------
 
 
 def test_versions_filter_by_status_and_tag_with_cursor_pages(owner, fraud_model):
@@ -263,7 +263,7 @@ def test_history_answers_what_served_at_a_time(owner, fraud_model):
     assert owner.client.get("/api/v1/models/fraud/history/?at=yesterday").status_code == 400
 
 
-# --- lineage ------------------------------------------------------------------------------------------------------
+# --- lineage ------------------------------------------------------------------------------------
 
 
 def lineage_queries(client, model: str, version: int, depth: int) -> tuple[int, dict]:
@@ -335,7 +335,7 @@ def test_a_push_links_its_datasets_and_parents(owner, publisher, fraud_model, tm
     assert {"source": "dataset:train:1", "target": "version:fraud:2", "kind": "train"} in graph["edges"]
 
 
-# --- datasets ----------------------------------------------------------------------------------------------------------
+# --- datasets -----------------------------------------------------------------------------------
 
 
 def test_datasets_record_sha_rows_and_schema_for_csv_parquet_and_npz(owner, tmp_path):
@@ -373,7 +373,7 @@ def test_a_file_that_is_no_dataset_is_refused(owner, tmp_path):
     assert not Dataset.objects.exists()
 
 
-# --- S3 -------------------------------------------------------------------------------------------------------------------
+# --- S3 -----------------------------------------------------------------------------------------
 
 
 def test_the_s3_backend_round_trips_an_artifact_through_moto_server(
@@ -420,7 +420,7 @@ def test_an_unreachable_s3_store_gives_503_and_writes_no_version(
     assert not fraud_model.versions.exists()
 
 
-# --- probes ----------------------------------------------------------------------------------------------------------------
+# --- probes -------------------------------------------------------------------------------------
 
 
 def test_health_readiness_and_metrics(client, fraud_model):

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from registry.errors import nul_path
+
 METRICS_HIGHER_IS_BETTER = {
     "accuracy": True,
     "precision": True,
@@ -175,6 +177,8 @@ def policy_parse(document: Any) -> Policy:
         document = {}
     if not isinstance(document, dict):
         raise PolicyInvalid({"policy": ["the policy must be a JSON object"]})
+    if where := nul_path(document, "policy"):
+        raise PolicyInvalid({where.removeprefix("policy.") or "policy": ["contains a NUL character"]})
     try:
         return Policy.model_validate(document)
     except ValidationError as exc:

@@ -36,3 +36,20 @@ class Gone(ServiceError):
 
 class ChecksumMismatch(ServiceError):
     code = "checksum_mismatch"
+
+
+def nul_path(value: object, field: str) -> str | None:
+    """Where a JSON document holds a NUL character (PostgreSQL's jsonb and text cannot store one)."""
+    if isinstance(value, str):
+        return field if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = nul_path(key, field) or nul_path(item, f"{field}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_path(item, f"{field}.{index}")
+            if found:
+                return found
+    return None

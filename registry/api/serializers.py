@@ -8,6 +8,7 @@ from typing import Any
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
+from registry.errors import nul_path
 from registry.models import (
     Alias,
     Dataset,
@@ -106,6 +107,8 @@ class PushSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"metadata is not valid JSON: {exc}") from None
         if not isinstance(document, dict):
             raise serializers.ValidationError("metadata must be a JSON object")
+        if where := nul_path(document, "metadata"):
+            raise serializers.ValidationError(f"{where} holds a NUL character, which cannot be stored")
         inner = PushMetadataSerializer(data=document)
         if not inner.is_valid():
             raise serializers.ValidationError(inner.errors)

@@ -338,7 +338,10 @@ class HistoryView(APIView):
         model = model_for(request, name)
         at_text = request.query_params.get("at")
         if at_text:
-            at = parse_datetime(at_text.replace(" ", "+"))
+            try:
+                at = parse_datetime(at_text.replace(" ", "+"))
+            except ValueError:  # well-formed but impossible, e.g. a UTC offset of -21:42
+                at = None
             if at is None:
                 raise ValidationError({"at": ["an ISO 8601 date and time, e.g. 2026-11-23T14:02:00Z"]})
             if at.tzinfo is None:

@@ -8,5 +8,5 @@ urlpatterns = [
     path("models/<slug:name>/versions/<int:version>/", views.version_detail, name="version-detail"),
     path("models/<slug:name>/versions/<int:version>/status/", views.version_status, name="version-status"),
     path("tokens/", views.tokens, name="tokens"),
-    path("tokens/<str:key>/revoke/", views.token_revoke_view, name="token-revoke"),
+    path("tokens/<str:key>/revoke/", views.token_revoke, name="token-revoke"),
 ]

@@ -22,9 +22,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from lifecycle.states import PIPELINE_STATES
-from registry import selectors
+from registry import auth, selectors
 from registry.api.views import model_context
-from registry.auth import token_issue, token_revoke
 from registry.models import Alias, ApiToken, Event, ModelVersion, RegisteredModel, VersionStatus
 from registry.ui.forms import TokenCreateForm, VersionFilterForm
 
@@ -77,14 +76,15 @@ def model_list(request: HttpRequest) -> HttpResponse:
     if query:
         models = models.filter(Q(name__icontains=query) | Q(description__icontains=query))
     page = Paginator(models, PAGE_SIZE).get_page(request.GET.get("page"))
-    summary = model_context(list(page.object_list))
+    on_page = list(page.object_list)
+    summary = model_context(on_page)  # champions and counts of the whole page in two queries
     rows = [
         {
             "model": model,
             "champion": summary["champions"].get(model.pk),
             "counts": _ordered_counts(summary["counts"].get(model.pk, {})),
         }
-        for model in page.object_list
+        for model in on_page
     ]
     return render(request, "registry/model_list.html", {"page": page, "rows": rows, "query": query})
 
@@ -109,9 +109,28 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
             "total": sum(counts.values()),
             "status": status,
             "page": Paginator(versions, PAGE_SIZE).get_page(request.GET.get("page")),
-            "policy_json": json.dumps(model.policy, indent=2),
+            "policy_json": _readable_policy(model.policy),
         },
     )
+
+
+# The policy's sections in the order DESIGN.md §5 and the docs present them.
+POLICY_SECTIONS = ("gates", "exports", "shadow", "approval", "retirement")
+
+
+def _readable_policy(policy: dict[str, Any]) -> str:
+    """The policy as indented JSON, sections in the documented order and each gate's ``kind`` first.
+
+    PostgreSQL's jsonb keeps keys sorted by length, which would print ``"min"`` before ``"kind"``.
+    """
+    ordered = {key: policy[key] for key in POLICY_SECTIONS if key in policy}
+    ordered.update((key, value) for key, value in policy.items() if key not in ordered)
+    if isinstance(ordered.get("gates"), list):
+        ordered["gates"] = [
+            {"kind": gate["kind"], **gate} if isinstance(gate, dict) and "kind" in gate else gate
+            for gate in ordered["gates"]
+        ]
+    return json.dumps(ordered, indent=2)
 
 
 def _ordered_counts(counts: dict[str, int]) -> list[tuple[str, str, int]]:
@@ -187,7 +206,16 @@ def _gate_attempts(version: ModelVersion) -> list[dict[str, Any]]:
             {
                 "attempt": attempt,
                 "current": attempt == version.gate_attempt,
-                "results": [(result, _compact_json(result.details)) for result in results],
+                "results": [
+                    {
+                        "gate": result,
+                        "value": _number(result.value),
+                        "baseline": _number(result.baseline),
+                        "threshold": _number(result.threshold),
+                        "details": _compact_json(result.details),
+                    }
+                    for result in results
+                ],
                 "failed": sum(1 for result in results if result.passed is False),
                 "skipped": sum(1 for result in results if result.passed is None),
             }
@@ -199,7 +227,7 @@ def _lineage_lists(nodes: list[dict], edges: list[dict], root: str) -> dict[str,
     """The lineage graph as three lists: the root's datasets, its ancestors and its descendants."""
     by_id = {node["id"]: node for node in nodes}
     datasets = [
-        {**by_id[edge["source"]], "role": edge["kind"]}
+        {**by_id[edge["source"]], "role": edge["kind"], "rows_label": f"{by_id[edge['source']]['rows']:,}"}
         for edge in edges
         if edge["target"] == root and by_id[edge["source"]]["type"] == "dataset"
     ]
@@ -235,6 +263,16 @@ def _lineage_lists(nodes: list[dict], edges: list[dict], root: str) -> dict[str,
     }
 
 
+def _number(value: float | None) -> str:
+    """Up to four decimals without trailing zeros: 0.8, 0.7143, 12.5, 200; tiny values in e-notation."""
+    if value is None:
+        return "—"
+    text = f"{value:.4f}".rstrip("0").rstrip(".")
+    if text in {"0", "-0"} and value != 0:
+        return f"{value:.2e}"
+    return text
+
+
 def _pretty_items(values: dict[str, Any] | None) -> list[tuple[str, str]]:
     return [
         (key, value if isinstance(value, str) else _compact_json(value))
@@ -257,7 +295,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = TokenCreateForm(request.POST)
         if form.is_valid():
-            token, plaintext = token_issue(
+            token, plaintext = auth.token_issue(
                 user=request.user,
                 name=form.cleaned_data["name"],
                 days=form.cleaned_data["days"],
@@ -287,9 +325,9 @@ def tokens(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def token_revoke_view(request: HttpRequest, key: str) -> HttpResponse:
+def token_revoke(request: HttpRequest, key: str) -> HttpResponse:
     token = _token_for_user(request, key)
     label = token.name or token.token_key
-    token_revoke(token=token, actor=request.user)
+    auth.token_revoke(token=token, actor=request.user)
     messages.success(request, f"Token “{label}” revoked: it no longer authenticates.")
     return redirect("ui:tokens")

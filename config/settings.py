@@ -3,7 +3,7 @@
 The defaults are the embedded profile (SQLite, a filesystem broker and artifacts under ``var/``), so
 that ``make run`` needs no server. Setting ``DATABASE_URL``, ``CELERY_BROKER_URL`` and
 ``ARTIFACT_STORE=s3://bucket/prefix`` moves the same code onto PostgreSQL, Redis and S3.
-A secret may also come from ``NAME_FILE`` (a path), as Docker and Kubernetes secrets do.
+Any variable may also come from ``NAME_FILE`` (a path), as Docker and Kubernetes secrets do.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
+# FileAwareEnv: any variable may come from a file named by NAME_FILE (Docker and Kubernetes secrets).
+env = environ.FileAwareEnv()
 if (BASE_DIR / ".env").exists():
     env.read_env(str(BASE_DIR / ".env"))
 
@@ -26,14 +27,11 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 
 def secret(name: str, default: str = "") -> str:
-    """Read ``NAME`` or, failing that, the file named by ``NAME_FILE``."""
-    path = env.str(f"{name}_FILE", default="")
-    if path:
-        try:
-            return Path(path).read_text().strip()
-        except OSError as exc:
-            raise ImproperlyConfigured(f"{name}_FILE={path} cannot be read: {exc}") from exc
-    return env.str(name, default=default)
+    """Read ``NAME`` (or the file named by ``NAME_FILE``), failing loudly on an unreadable file."""
+    try:
+        return env.str(name, default=default).strip()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"{name}_FILE cannot be read: {exc}") from exc
 
 
 DEBUG = env.bool("DEBUG", default=False)
@@ -235,7 +233,7 @@ if PROFILE == "production":
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
-    SECURE_HSTS_PRELOAD = True
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)  # hard to undo: opt in
     SECURE_CONTENT_TYPE_NOSNIFF = True
     SECURE_REFERRER_POLICY = "same-origin"
     X_FRAME_OPTIONS = "DENY"

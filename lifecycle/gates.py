@@ -162,6 +162,8 @@ def gates_evaluate(version: ModelVersion) -> Evaluation:
             except Exception as exc:  # any runtime crash is the model's failure, not the worker's
                 log.warning("loading %s failed", version.label, exc_info=True)
                 load_error = f"{type(exc).__name__}: {exc}"
+            # The reason is shown to users: name the artifact, not the worker's file system.
+            load_error = load_error.replace(str(path), "the artifact").replace(workdir, "<workdir>")
         load_ms = (time.perf_counter() - started) * 1000
         ctx = GateContext(
             version=version, policy=policy, model=model, load_error=load_error, champion=champion

@@ -52,14 +52,17 @@ def enqueue_on_commit(task_name: str, *args: Any) -> None:
     transaction.on_commit(partial(_send, task_name, *args), robust=True)
 
 
-@transaction.atomic
 def version_push(*, model, upload: Upload, metadata: dict, actor, idempotency_key: str | None = None):
-    """Register a pushed version and start its pipeline once the push commits."""
+    """Register a pushed version and start its pipeline.
+
+    Not one transaction: registration checks the artifact and stores its bytes before it takes the
+    model's lock, and those slow steps must not hold a transaction (SQLite's write lock) open.
+    """
     version, created = model_version_register(
         model=model, upload=upload, metadata=metadata, actor=actor, idempotency_key=idempotency_key
     )
     if created:
-        enqueue_on_commit(RUN_GATES, version.pk)
+        _send(RUN_GATES, version.pk)
     return version, created
 
 
@@ -206,7 +209,10 @@ def pipeline_stuck(now: dt.datetime | None = None) -> list[int]:
     grace = now - dt.timedelta(seconds=settings.MODELGATE_RECONCILE_GRACE_SECONDS)
     return list(
         ModelVersion.objects.filter(status__in=PIPELINE_STATES)
-        .filter(Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True, status_changed_at__lt=grace))
+        .filter(Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True))
+        # Not re-sent within the grace time, so that a backed-up queue is not flooded with copies.
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=grace))
+        .filter(status_changed_at__lt=grace)
         .order_by("id")
         .values_list("id", flat=True)[:1000]
     )
@@ -215,6 +221,7 @@ def pipeline_stuck(now: dt.datetime | None = None) -> list[int]:
 def pipeline_reconcile(now: dt.datetime | None = None) -> list[int]:
     """Re-enqueue every stuck version; the step's own claim makes a needless re-enqueue harmless."""
     stuck = pipeline_stuck(now)
+    ModelVersion.objects.filter(pk__in=stuck).update(enqueued_at=now or timezone.now())
     for version_id in stuck:
         _send(RUN_GATES, version_id)
     if stuck:

@@ -111,6 +111,7 @@ class ModelVersion(models.Model):
     gate_attempt = models.PositiveIntegerField(default=1)
     task_attempts = models.PositiveSmallIntegerField(default=0)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True)  # last time the reconciler re-sent it
     purged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -23,7 +23,9 @@ class UploadTooLarge(APIException):
 
 
 def upload_limit(request: Any) -> int:
-    return getattr(request, "upload_limit", None) or settings.MAX_ARTIFACT_BYTES
+    if request.path.startswith("/api/v1/datasets/"):
+        return settings.MAX_DATASET_BYTES
+    return settings.MAX_ARTIFACT_BYTES
 
 
 def _too_large(limit: int) -> UploadTooLarge:

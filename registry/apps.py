@@ -6,4 +6,4 @@ class RegistryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from registry.api import schema  # noqa: F401  (registers the OpenAPI auth extension)
+        from registry.api import schema

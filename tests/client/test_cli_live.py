@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def modelgate(live_server, actor, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:  # noqa: ANN001
+def modelgate(live_server, actor, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "MODELGATE_URL": live_server.url, "MODELGATE_TOKEN": actor.token, "NO_COLOR": "1"}
     return subprocess.run(
         [sys.executable, "-m", "modelgate_client", *args],

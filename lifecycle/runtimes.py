@@ -449,6 +449,7 @@ class OnnxRuntime:
     def __init__(self, path: Path, *, threads: int | None = None) -> None:
         import onnxruntime as ort
 
+        _check_onnx(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0 lets ONNX Runtime pick
         options.inter_op_num_threads = 1
@@ -467,6 +468,24 @@ class OnnxRuntime:
         names = [t.name for t in self.signature.outputs]
         values = self._session.run(names, fed)
         return _collect(self.signature, dict(zip(names, values, strict=True)))
+
+
+def _check_onnx(path: Path) -> None:
+    """Run ``onnx.checker`` on the file, before ONNX Runtime sees it.
+
+    The web process only scans big uploads (``registry.artifact_checks.scan_onnx``) and
+    leaves the full check to the worker, here. The path form of the checker reads the file
+    itself, so it also works past the 2 GiB protobuf limit.
+    """
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
+        raise ModelLoadError(f"the onnx model fails onnx.checker: {reason}") from exc
 
 
 def _onnx_spec(arg: Any) -> TensorSpec:

@@ -6,4 +6,5 @@ class RegistryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from registry.api import schema
+        # Registers the OpenAPI description of token auth with drf-spectacular.
+        import registry.api.schema  # noqa: F401

@@ -10,6 +10,13 @@ and must never import TensorFlow or Keras. It answers two questions:
    they point at external data; Keras configs are refused when they carry Python lambdas;
    legacy HDF5 files are refused because Keras ignores ``safe_mode`` for them.
 
+ONNX files up to ``ONNX_FULL_CHECK_BYTES`` are parsed with ``onnx.load`` and validated with
+``onnx.checker`` here; bigger ones would cost their whole size in memory, so they get a
+constant-memory scan of the protobuf wire format (:func:`scan_onnx`) that reads the header
+fields, refuses external data and seeks over tensor payloads. The worker then runs
+``onnx.checker`` before it loads any ONNX model (``lifecycle.runtimes``). ``details["checked"]``
+records which check ran.
+
 Accepted: a Keras 3 ``.keras`` file, a TF SavedModel as a zip or a tar.gz, an ONNX model and a
 TFLite flatbuffer. Workers extract SavedModel archives with :func:`extract_archive`, which
 re-applies the same checks while it writes.
@@ -34,10 +41,12 @@ from typing import IO, Any
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "ONNX_FULL_CHECK_BYTES",
     "ArtifactInfo",
     "ArtifactRejected",
     "extract_archive",
     "inspect_artifact",
+    "scan_onnx",
 ]
 
 ACCEPTED_FORMATS = (
@@ -70,6 +79,11 @@ _ZIP_COMPRESSIONS = {
     zipfile.ZIP_LZMA,
 }
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
+# ONNX files up to this size are parsed with onnx.load and checked with onnx.checker here, in
+# the web process; both hold the whole model in memory, so bigger files get a constant-memory
+# scan of the protobuf wire format instead (:func:`scan_onnx`), and the worker runs
+# onnx.checker before it loads the model.
+ONNX_FULL_CHECK_BYTES = 64 * 1024**2
 # Protobuf cannot parse a message past 2 GiB, so a bigger ONNX file is necessarily broken or
 # relies on external data (which is refused anyway).
 _PROTOBUF_LIMIT = 2 * 1024**3
@@ -649,21 +663,41 @@ def _looks_like_onnx(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x08 and 1 <= head[1] <= 32
 
 
-def _inspect_onnx(path: Path, head: bytes, size: int, label: str) -> ArtifactInfo:
-    import onnx  # lazy: only ONNX uploads pay for it
-    from google.protobuf.message import DecodeError
-
-    unknown = ArtifactRejected(
+def _onnx_unknown(label: str) -> ArtifactRejected:
+    return ArtifactRejected(
         "unknown_format",
         f"{label} is not a model format Modelgate accepts. Accepted: {ACCEPTED_FORMATS}.",
     )
+
+
+def _refuse_oversized_onnx(head: bytes, size: int, label: str) -> None:
     if size > _PROTOBUF_LIMIT:
         if _looks_like_onnx(head):
             raise ArtifactRejected(
                 "corrupt_onnx",
                 f"{label} is larger than 2 GiB, which a self-contained ONNX model cannot be",
             )
-        raise unknown
+        raise _onnx_unknown(label)
+
+
+def _external_data_refusal(label: str, tensor: str) -> ArtifactRejected:
+    return ArtifactRejected(
+        "onnx_external_data",
+        f"{label} keeps tensor {tensor!r} in an external data file. Upload a "
+        "self-contained model (onnx.save_model(..., save_as_external_data=False)).",
+    )
+
+
+def _inspect_onnx(path: Path, head: bytes, size: int, label: str) -> ArtifactInfo:
+    _refuse_oversized_onnx(head, size, label)
+    if size > ONNX_FULL_CHECK_BYTES:
+        # onnx.load and onnx.checker would hold the whole model in this (web) process; the
+        # worker runs onnx.checker before it loads the model instead.
+        return _scan_onnx(path, head, size, label)
+
+    import onnx  # lazy: only ONNX uploads pay for it
+    from google.protobuf.message import DecodeError
+
     # 1. Parse without following external data: those paths are untrusted.
     try:
         model = onnx.load_model(str(path), load_external_data=False)
@@ -672,7 +706,7 @@ def _inspect_onnx(path: Path, head: bytes, size: int, label: str) -> ArtifactInf
             raise ArtifactRejected(
                 "corrupt_onnx", f"{label} looks like ONNX but does not parse ({exc})"
             ) from exc
-        raise unknown from exc
+        raise _onnx_unknown(label) from exc
 
     # 2. Random bytes can parse as a protobuf; a real model has all three of these.
     if not (model.ir_version and model.HasField("graph") and len(model.opset_import)):
@@ -681,16 +715,12 @@ def _inspect_onnx(path: Path, head: bytes, size: int, label: str) -> ArtifactInf
                 "corrupt_onnx",
                 f"{label} looks like ONNX but has no graph, IR version or opset",
             )
-        raise unknown
+        raise _onnx_unknown(label)
 
     # 3. External data must be refused before the checker, which would open those files.
     external = next(_external_tensor_names(model), None)
     if external is not None:
-        raise ArtifactRejected(
-            "onnx_external_data",
-            f"{label} keeps tensor {external!r} in an external data file. Upload a "
-            "self-contained model (onnx.save_model(..., save_as_external_data=False)).",
-        )
+        raise _external_data_refusal(label, external)
 
     # 4. The path form of the checker works for models past the 2 GiB protobuf limit.
     try:
@@ -714,6 +744,7 @@ def _inspect_onnx(path: Path, head: bytes, size: int, label: str) -> ArtifactInf
             "outputs": [o.name for o in graph.output],
             "nodes": len(graph.node),
             "size": size,
+            "checked": "onnx.checker",
         },
     )
 
@@ -755,6 +786,426 @@ def _external_tensor_names(model: Any) -> Iterator[str]:
     for tensor in all_tensors():
         if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
             yield tensor.name or "<unnamed>"
+
+
+# --------------------------------------------------------------------------------------
+# ONNX: constant-memory scan of the protobuf wire format, for files too big to load here
+
+# Field numbers from onnx/onnx.proto (tests check them against onnx's own descriptors).
+_MODEL_IR_VERSION = 1
+_MODEL_PRODUCER_NAME = 2
+_MODEL_PRODUCER_VERSION = 3
+_MODEL_GRAPH = 7
+_MODEL_OPSET_IMPORT = 8
+_MODEL_TRAINING_INFO = 20
+_MODEL_FUNCTIONS = 25
+_OPSET_DOMAIN = 1
+_OPSET_VERSION = 2
+_GRAPH_NODE = 1
+_GRAPH_INITIALIZER = 5
+_GRAPH_INPUT = 11
+_GRAPH_OUTPUT = 12
+_GRAPH_SPARSE_INITIALIZER = 15
+_VALUE_INFO_NAME = 1
+_NODE_ATTRIBUTE = 5
+_ATTRIBUTE_T = 5
+_ATTRIBUTE_G = 6
+_ATTRIBUTE_TENSORS = 10
+_ATTRIBUTE_GRAPHS = 11
+_ATTRIBUTE_SPARSE_TENSOR = 22
+_ATTRIBUTE_SPARSE_TENSORS = 23
+_TENSOR_NAME = 8
+_TENSOR_EXTERNAL_DATA = 13
+_TENSOR_DATA_LOCATION = 14
+_TENSOR_LOCATION_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+_SPARSE_VALUES = 1
+_SPARSE_INDICES = 2
+_FUNCTION_NODE = 7
+_FUNCTION_ATTRIBUTE_PROTO = 11
+_TRAINING_INITIALIZATION = 1
+_TRAINING_ALGORITHM = 2
+
+# Protobuf wire types.
+_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+
+_SCAN_CHUNK = 64 * 1024
+# Protobuf itself refuses messages nested past 100 levels; one subgraph costs three
+# (graph -> node -> attribute), so a parseable model never gets near this.
+_SCAN_MAX_GRAPH_DEPTH = 64
+# The names the scan keeps (opset domains, producer, graph inputs, outputs and initializers)
+# are charged to this budget (bytes plus a per-name overhead), so memory stays bounded
+# whatever the file declares.
+_SCAN_MAX_NAME_BYTES = 4 * 1024**2
+_SCAN_NAME_OVERHEAD = 64
+# Tensor names read only to name an external tensor in the refusal are cut to this length.
+_SCAN_LABEL_BYTES = 256
+# The scan runs in Python: cap the fields it walks so a file of millions of tiny fields
+# cannot pin a web worker. Real models have a few per node and tensor.
+_SCAN_MAX_FIELDS = 20_000_000
+
+
+class _Malformed(Exception):
+    """The bytes are not well-formed protobuf wire data for an ONNX model."""
+
+
+class _ScanLimit(Exception):
+    """Well-formed so far, but past a limit of the scan (names, fields)."""
+
+
+def _int64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class _WireReader:
+    """Sequential protobuf wire reader over a file, holding at most one chunk in memory.
+
+    Every read is bounded by the end offset of the message being read; length-delimited
+    payloads the scan does not need are skipped with a seek, never read.
+    """
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self._f = f
+        self.size = size
+        self._buf = b""
+        self._start = 0  # file offset of _buf[0]; the file sits at _start + len(_buf)
+        self._i = 0
+        self.fields = 0
+
+    @property
+    def pos(self) -> int:
+        return self._start + self._i
+
+    def _fill(self, need: int) -> None:
+        """Make ``need`` bytes available at the cursor, or whatever the file has left."""
+        rest = self._buf[self._i :]
+        self._start += self._i
+        self._i = 0
+        self._buf = rest + self._f.read(max(_SCAN_CHUNK, need - len(rest)))
+
+    def varint(self, end: int) -> int:
+        buf, i = self._buf, self._i
+        if i < len(buf) and buf[i] < 0x80 and self._start + i < end:
+            self._i = i + 1
+            return buf[i]
+        if len(buf) - i < 10:
+            self._fill(10)
+            buf, i = self._buf, self._i
+        avail = min(len(buf) - i, end - self.pos, 10)
+        result = shift = 0
+        for k in range(avail):
+            byte = buf[i + k]
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                self._i = i + k + 1
+                return result & 0xFFFFFFFFFFFFFFFF
+            shift += 7
+        if avail < 10:
+            raise _Malformed(f"truncated varint at byte {self.pos}")
+        raise _Malformed(f"varint longer than 10 bytes at byte {self.pos}")
+
+    def tag(self, end: int) -> tuple[int, int] | None:
+        """The next field's (number, wire type), or None at the end of the message."""
+        if self.pos >= end:
+            return None
+        self.fields += 1
+        if self.fields > _SCAN_MAX_FIELDS:
+            raise _ScanLimit(f"it has more than {_SCAN_MAX_FIELDS:,} protobuf fields")
+        at = self.pos
+        key = self.varint(end)
+        if key >> 3 == 0 or key > 0xFFFFFFFF:
+            raise _Malformed(f"invalid field key {key} at byte {at}")
+        return key >> 3, key & 7
+
+    def length(self, end: int) -> int:
+        """Read a length prefix; return the end offset of the payload."""
+        n = self.varint(end)
+        payload_end = self.pos + n
+        if payload_end > end:
+            where = "the file" if end >= self.size else "its message"
+            raise _Malformed(f"a field of {n} bytes at byte {self.pos} runs past the end of {where}")
+        return payload_end
+
+    def skip_to(self, target: int) -> None:
+        ahead = target - self.pos
+        if ahead <= len(self._buf) - self._i:
+            self._i += ahead
+        else:
+            self._f.seek(target)
+            self._buf, self._start, self._i = b"", target, 0
+
+    def read(self, n: int) -> bytes:
+        if len(self._buf) - self._i < n:
+            self._fill(n)
+        data = self._buf[self._i : self._i + n]
+        if len(data) < n:
+            raise _Malformed(f"file ends inside a field at byte {self.pos + len(data)}")
+        self._i += n
+        return data
+
+    def skip_value(self, wire_type: int, end: int) -> None:
+        if wire_type == _VARINT:
+            self.varint(end)
+        elif wire_type == _LEN:
+            self.skip_to(self.length(end))
+        elif wire_type in (_FIXED64, _FIXED32):
+            target = self.pos + (8 if wire_type == _FIXED64 else 4)
+            if target > end:
+                raise _Malformed(f"truncated fixed-width field at byte {self.pos}")
+            self.skip_to(target)
+        else:
+            raise _Malformed(f"unsupported wire type {wire_type} at byte {self.pos}")
+
+
+class _OnnxScan:
+    """Walk ModelProto -> GraphProto -> NodeProto/AttributeProto/TensorProto/... on the wire.
+
+    Collects what :func:`_inspect_onnx` reports and notes the first tensor stored outside the
+    file, in the main graph, every subgraph, sparse tensors, functions and training graphs.
+    """
+
+    def __init__(self, reader: _WireReader) -> None:
+        self.r = reader
+        self.ir_version = 0
+        self.producer_name = ""
+        self.producer_version = ""
+        self.opsets: list[tuple[str, int]] = []
+        self.has_graph = False
+        self.nodes = 0
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.initializers: set[str] = set()
+        self.external: str | None = None
+        self._name_bytes = 0
+
+    # Field values ---------------------------------------------------------------------
+
+    def _expect(self, wire_type: int, want: int, what: str) -> None:
+        if wire_type != want:
+            raise _Malformed(f"{what} has wire type {wire_type}, expected {want}")
+
+    def _message(self, wire_type: int, end: int, what: str) -> int:
+        self._expect(wire_type, _LEN, what)
+        return self.r.length(end)
+
+    def _varint(self, wire_type: int, end: int, what: str) -> int:
+        self._expect(wire_type, _VARINT, what)
+        return self.r.varint(end)
+
+    def _name(self, wire_type: int, end: int, what: str) -> str:
+        """A string the scan keeps, charged to the name budget."""
+        stop = self._message(wire_type, end, what)
+        n = stop - self.r.pos
+        self._name_bytes += n + _SCAN_NAME_OVERHEAD
+        if self._name_bytes > _SCAN_MAX_NAME_BYTES:
+            raise _ScanLimit(f"its names add up to more than {_human(_SCAN_MAX_NAME_BYTES)}")
+        return self.r.read(n).decode("utf-8", errors="replace")
+
+    def _label(self, wire_type: int, end: int, what: str) -> str:
+        """A string kept only for a message: its first bytes."""
+        stop = self._message(wire_type, end, what)
+        text = self.r.read(min(stop - self.r.pos, _SCAN_LABEL_BYTES)).decode("utf-8", errors="replace")
+        self.r.skip_to(stop)
+        return text
+
+    # Messages -------------------------------------------------------------------------
+
+    def model(self, end: int) -> None:
+        r = self.r
+        while (tag := r.tag(end)) is not None:
+            number, wt = tag
+            if number == _MODEL_IR_VERSION:
+                self.ir_version = _int64(self._varint(wt, end, "ModelProto.ir_version"))
+            elif number == _MODEL_PRODUCER_NAME:
+                self.producer_name = self._name(wt, end, "ModelProto.producer_name")
+            elif number == _MODEL_PRODUCER_VERSION:
+                self.producer_version = self._name(wt, end, "ModelProto.producer_version")
+            elif number == _MODEL_OPSET_IMPORT:
+                self._opset(self._message(wt, end, "ModelProto.opset_import"))
+            elif number == _MODEL_GRAPH:
+                self.has_graph = True
+                self._graph(self._message(wt, end, "ModelProto.graph"), depth=0, main=True)
+            elif number == _MODEL_FUNCTIONS:
+                self._function(self._message(wt, end, "ModelProto.functions"))
+            elif number == _MODEL_TRAINING_INFO:
+                self._training_info(self._message(wt, end, "ModelProto.training_info"))
+            else:
+                r.skip_value(wt, end)
+
+    def _opset(self, end: int) -> None:
+        domain, version = "", 0
+        while (tag := self.r.tag(end)) is not None:
+            number, wt = tag
+            if number == _OPSET_DOMAIN:
+                domain = self._name(wt, end, "OperatorSetIdProto.domain")
+            elif number == _OPSET_VERSION:
+                version = _int64(self._varint(wt, end, "OperatorSetIdProto.version"))
+            else:
+                self.r.skip_value(wt, end)
+        self.opsets.append((domain, version))
+
+    def _graph(self, end: int, *, depth: int, main: bool = False) -> None:
+        if depth > _SCAN_MAX_GRAPH_DEPTH:
+            raise _Malformed(f"subgraphs nest deeper than {_SCAN_MAX_GRAPH_DEPTH} levels")
+        r = self.r
+        while (tag := r.tag(end)) is not None:
+            number, wt = tag
+            if number == _GRAPH_NODE:
+                self.nodes += main
+                self._node(self._message(wt, end, "GraphProto.node"), depth)
+            elif number == _GRAPH_INITIALIZER:
+                name = self._tensor(self._message(wt, end, "GraphProto.initializer"), keep_name=main)
+                if main:
+                    self.initializers.add(name)
+            elif number == _GRAPH_SPARSE_INITIALIZER:
+                self._sparse(self._message(wt, end, "GraphProto.sparse_initializer"))
+            elif main and number == _GRAPH_INPUT:
+                self.inputs.append(self._value_info(self._message(wt, end, "GraphProto.input")))
+            elif main and number == _GRAPH_OUTPUT:
+                self.outputs.append(self._value_info(self._message(wt, end, "GraphProto.output")))
+            else:
+                r.skip_value(wt, end)
+
+    def _value_info(self, end: int) -> str:
+        name = ""
+        while (tag := self.r.tag(end)) is not None:
+            number, wt = tag
+            if number == _VALUE_INFO_NAME:
+                name = self._name(wt, end, "ValueInfoProto.name")
+            else:
+                self.r.skip_value(wt, end)
+        return name
+
+    def _node(self, end: int, depth: int) -> None:
+        while (tag := self.r.tag(end)) is not None:
+            number, wt = tag
+            if number == _NODE_ATTRIBUTE:
+                self._attribute(self._message(wt, end, "NodeProto.attribute"), depth)
+            else:
+                self.r.skip_value(wt, end)
+
+    def _attribute(self, end: int, depth: int) -> None:
+        while (tag := self.r.tag(end)) is not None:
+            number, wt = tag
+            if number in (_ATTRIBUTE_T, _ATTRIBUTE_TENSORS):
+                self._tensor(self._message(wt, end, "AttributeProto.t/tensors"))
+            elif number in (_ATTRIBUTE_G, _ATTRIBUTE_GRAPHS):
+                self._graph(self._message(wt, end, "AttributeProto.g/graphs"), depth=depth + 1)
+            elif number in (_ATTRIBUTE_SPARSE_TENSOR, _ATTRIBUTE_SPARSE_TENSORS):
+                self._sparse(self._message(wt, end, "AttributeProto.sparse_tensor(s)"))
+            else:
+                self.r.skip_value(wt, end)
+
+    def _sparse(self, end: int) -> None:
+        while (tag := self.r.tag(end)) is not None:
+            number, wt = tag
+            if number in (_SPARSE_VALUES, _SPARSE_INDICES):
+                self._tensor(self._message(wt, end, "SparseTensorProto.values/indices"))
+            else:
+                self.r.skip_value(wt, end)
+
+    def _tensor(self, end: int, *, keep_name: bool = False) -> str:
+        """Scan one TensorProto (its data is skipped); return its name."""
+        name, external = "", False
+        while (tag := self.r.tag(end)) is not None:
+            number, wt = tag
+            if number == _TENSOR_NAME:
+                name = (self._name if keep_name else self._label)(wt, end, "TensorProto.name")
+            elif number == _TENSOR_EXTERNAL_DATA:
+                external = True
+                self.r.skip_to(self._message(wt, end, "TensorProto.external_data"))
+            elif number == _TENSOR_DATA_LOCATION:
+                location = self._varint(wt, end, "TensorProto.data_location")
+                # An enum is an int32 on the wire: protobuf keeps the low 32 bits. Any
+                # EXTERNAL counts, even if a later value would override it.
+                external |= (location & 0xFFFFFFFF) == _TENSOR_LOCATION_EXTERNAL
+            else:
+                self.r.skip_value(wt, end)
+        if external and self.external is None:
+            self.external = name or "<unnamed>"
+        return name
+
+    def _function(self, end: int) -> None:
+        while (tag := self.r.tag(end)) is not None:
+            number, wt = tag
+            if number == _FUNCTION_NODE:
+                self._node(self._message(wt, end, "FunctionProto.node"), 0)
+            elif number == _FUNCTION_ATTRIBUTE_PROTO:
+                self._attribute(self._message(wt, end, "FunctionProto.attribute_proto"), 0)
+            else:
+                self.r.skip_value(wt, end)
+
+    def _training_info(self, end: int) -> None:
+        while (tag := self.r.tag(end)) is not None:
+            number, wt = tag
+            if number in (_TRAINING_INITIALIZATION, _TRAINING_ALGORITHM):
+                self._graph(self._message(wt, end, "TrainingInfoProto graph"), depth=1)
+            else:
+                self.r.skip_value(wt, end)
+
+
+def scan_onnx(path: Path, *, filename: str = "") -> ArtifactInfo:
+    """Check an ONNX file with the streaming scan, whatever its size.
+
+    :func:`inspect_artifact` uses it for files over :data:`ONNX_FULL_CHECK_BYTES`. It reads
+    the protobuf wire format in fixed-size chunks and seeks over tensor data, so memory
+    stays constant; it does not run ``onnx.checker`` (the worker does, before loading).
+    """
+    path = Path(path)
+    label = filename or path.name
+    with path.open("rb") as f:
+        head = f.read(4096)
+    size = path.stat().st_size
+    _refuse_oversized_onnx(head, size, label)
+    return _scan_onnx(path, head, size, label)
+
+
+def _scan_onnx(path: Path, head: bytes, size: int, label: str) -> ArtifactInfo:
+    looks_like_onnx = _looks_like_onnx(head)
+    try:
+        with path.open("rb") as f:
+            reader = _WireReader(f, size)
+            scan = _OnnxScan(reader)
+            scan.model(size)
+    except (_Malformed, OSError) as exc:
+        if looks_like_onnx:
+            raise ArtifactRejected(
+                "corrupt_onnx", f"{label} looks like ONNX but does not parse ({exc})"
+            ) from exc
+        raise _onnx_unknown(label) from exc
+    except _ScanLimit as exc:
+        if looks_like_onnx:
+            raise ArtifactRejected("corrupt_onnx", f"{label} is refused by the upload check: {exc}") from exc
+        raise _onnx_unknown(label) from exc
+    except RecursionError as exc:  # only with a tiny interpreter recursion limit
+        raise ArtifactRejected("corrupt_onnx", f"{label} nests subgraphs too deeply") from exc
+
+    if not (scan.ir_version and scan.has_graph and scan.opsets):
+        if looks_like_onnx:
+            raise ArtifactRejected(
+                "corrupt_onnx",
+                f"{label} looks like ONNX but has no graph, IR version or opset",
+            )
+        raise _onnx_unknown(label)
+    if scan.external is not None:
+        raise _external_data_refusal(label, scan.external)
+
+    opset: dict[str, int] = {}
+    for domain, version in scan.opsets:
+        opset[domain or "ai.onnx"] = version
+    return ArtifactInfo(
+        "onnx",
+        "file",
+        {
+            "ir_version": scan.ir_version,
+            "opset": opset,
+            "producer": " ".join(p for p in (scan.producer_name, scan.producer_version) if p),
+            "inputs": [name for name in scan.inputs if name not in scan.initializers],
+            "outputs": scan.outputs,
+            "nodes": scan.nodes,
+            "size": size,
+            "checked": "streaming-scan",
+        },
+    )
 
 
 def _is_hdf5(head: bytes) -> bool:

@@ -495,3 +495,121 @@ def wrong_extension_onnx(tmp_path: Path, *, source: Path | None = None) -> Path:
         source = fake_savedmodel_zip(out_dir, name="source.zip")
     shutil.copyfile(source, path)
     return path
+
+
+# --------------------------------------------------------------------------------------
+# ONNX wire-format builders (for the streaming scan of big uploads)
+
+
+def _pb_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _pb_len(field_number: int, length: int) -> bytes:
+    """The key and length prefix of a length-delimited field of ``length`` bytes."""
+    return _pb_varint(field_number << 3 | 2) + _pb_varint(length)
+
+
+def large_onnx_model(
+    tmp_path: Path,
+    *,
+    raw_mib: int = 300,
+    seed: int = 0,
+    sparse: bool = False,
+    name: str = "large.onnx",
+) -> Path:
+    """:func:`tiny_onnx_model` plus an unused ``padding`` initializer of ``raw_mib`` MiB of zeros.
+
+    The protobuf wire bytes are written by hand, the zeros last and in 1 MiB chunks (or as a
+    sparse hole with ``sparse=True``), so the model is never held in memory. It passes
+    ``onnx.checker``.
+    """
+    from onnx import TensorProto
+
+    model = _tiny_onnx_proto(4, 2, seed)
+    graph = model.graph.SerializeToString()
+    model.ClearField("graph")
+    head = model.SerializeToString()
+    n = raw_mib * 1024**2
+    padding = TensorProto(name="padding", data_type=TensorProto.UINT8, dims=[n]).SerializeToString()
+    tensor_len = len(padding) + len(_pb_len(9, n)) + n  # TensorProto.raw_data = 9
+    graph_len = len(graph) + len(_pb_len(5, tensor_len)) + tensor_len  # GraphProto.initializer = 5
+    path = _out(tmp_path, name)
+    with path.open("wb") as f:
+        f.write(head + _pb_len(7, graph_len))  # ModelProto.graph = 7
+        f.write(graph + _pb_len(5, tensor_len) + padding + _pb_len(9, n))
+        if sparse:
+            f.truncate(f.tell() + n)
+        else:
+            chunk = bytes(1024**2)
+            for _ in range(raw_mib):
+                f.write(chunk)
+    return path
+
+
+def _external_tensor(name: str, values: Any) -> Any:
+    from onnx import TensorProto, external_data_helper, numpy_helper
+
+    tensor = numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
+    external_data_helper.set_external_data(
+        tensor, location="weights.bin", offset=0, length=4 * tensor.dims[0]
+    )
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    return tensor
+
+
+def onnx_with_external_data_in_subgraph(tmp_path: Path) -> Path:
+    """``If(cond)`` whose then-branch reads an initializer stored in ``weights.bin``."""
+    from onnx import TensorProto, helper
+
+    then_branch = helper.make_graph(
+        nodes=[helper.make_node("Identity", ["secret"], ["then_out"])],
+        name="then",
+        inputs=[],
+        outputs=[helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [2])],
+        initializer=[_external_tensor("secret", [1.0, 2.0])],
+    )
+    else_branch = helper.make_graph(
+        nodes=[helper.make_node("Constant", [], ["else_out"], value_floats=[0.0, 0.0])],
+        name="else",
+        inputs=[],
+        outputs=[helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [2])],
+    )
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("If", ["cond"], ["output_0"], then_branch=then_branch, else_branch=else_branch)
+        ],
+        name="branching",
+        inputs=[helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        outputs=[helper.make_tensor_value_info("output_0", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = _out(tmp_path, "external_subgraph.onnx")
+    path.write_bytes(model.SerializeToString())  # not onnx.save_model: it would write weights.bin
+    return path
+
+
+def nested_subgraphs_onnx(tmp_path: Path, *, depth: int) -> Path:
+    """A model whose graph nests ``depth`` subgraphs, one inside the other.
+
+    Each level is a node with a graph attribute; the wire bytes are built by hand because
+    protobuf refuses to serialize messages nested past 100 levels.
+    """
+    graph = b""
+    for _ in range(depth):
+        attribute = _pb_len(1, 4) + b"body" + _pb_len(6, len(graph)) + graph  # name=1, g=6
+        node = _pb_len(4, 4) + b"Wrap" + _pb_len(5, len(attribute)) + attribute  # op_type=4, attribute=5
+        graph = _pb_len(1, len(node)) + node  # GraphProto.node = 1
+    opset = _pb_len(1, 0) + b"\x10\x11"  # domain "", version 17
+    model = b"\x08\x08" + _pb_len(8, len(opset)) + opset + _pb_len(7, len(graph)) + graph
+    path = _out(tmp_path, f"nested_{depth}.onnx")
+    path.write_bytes(model)
+    return path

@@ -188,6 +188,31 @@ def test_an_unknown_format_or_missing_file_raises_model_load_error(tmp_path: Pat
         open_model(tmp_path / "missing.onnx", "onnx")
 
 
+def test_an_onnx_model_the_upload_scan_accepted_still_meets_onnx_checker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Big uploads only get the streaming scan in the web process; the worker runs the checker.
+    from registry import artifact_checks
+
+    invalid = builders.invalid_onnx_graph(tmp_path)
+    monkeypatch.setattr(artifact_checks, "ONNX_FULL_CHECK_BYTES", 0)
+    assert artifact_checks.inspect_artifact(invalid).details["checked"] == "streaming-scan"
+
+    import onnxruntime
+
+    def no_session(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the checker must run before ONNX Runtime opens the model")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", no_session)
+    with pytest.raises(ModelLoadError, match=r"fails onnx.checker: .*nowhere"):
+        open_model(invalid, "onnx")
+
+
+def test_a_large_onnx_model_passes_the_checker_and_loads(tmp_path: Path) -> None:
+    runtime = open_model(builders.large_onnx_model(tmp_path, raw_mib=2), "onnx", threads=1)
+    assert runtime.signature == EXPECTED_SIGNATURE
+
+
 def test_the_tiny_onnx_model_fits_a_keras_classifier_signature(tmp_path: Path) -> None:
     runtime = open_model(builders.tiny_onnx_model(tmp_path, n_features=N_FEATURES), "onnx", threads=1)
     assert runtime.signature == EXPECTED_SIGNATURE

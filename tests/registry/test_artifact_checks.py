@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from registry.artifact_checks import ArtifactInfo, ArtifactRejected, extract_archive, inspect_artifact
+from registry import artifact_checks
+from registry.artifact_checks import (
+    ArtifactInfo,
+    ArtifactRejected,
+    extract_archive,
+    inspect_artifact,
+    scan_onnx,
+)
 from tests import builders
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -331,3 +339,306 @@ def test_the_checks_never_import_tensorflow(tmp_path: Path) -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True, timeout=120)
+
+
+# --------------------------------------------------------------------------------------
+# ONNX streaming scan (big uploads: constant memory in the web process)
+
+
+def _without_checked(info: ArtifactInfo) -> tuple[str, str, dict[str, Any]]:
+    return info.format, info.packaging, {k: v for k, v in info.details.items() if k != "checked"}
+
+
+@pytest.fixture
+def scan_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send every ONNX file through the streaming scan, as if it were big."""
+    monkeypatch.setattr(artifact_checks, "ONNX_FULL_CHECK_BYTES", 0)
+
+
+def _scan_rejected(path: Path) -> ArtifactRejected:
+    with pytest.raises(ArtifactRejected) as caught:
+        scan_onnx(path)
+    assert caught.value.message
+    return caught.value
+
+
+def test_the_scan_field_numbers_match_onnx_proto() -> None:
+    import onnx
+
+    expected = {
+        "_MODEL_IR_VERSION": (onnx.ModelProto, "ir_version"),
+        "_MODEL_PRODUCER_NAME": (onnx.ModelProto, "producer_name"),
+        "_MODEL_PRODUCER_VERSION": (onnx.ModelProto, "producer_version"),
+        "_MODEL_GRAPH": (onnx.ModelProto, "graph"),
+        "_MODEL_OPSET_IMPORT": (onnx.ModelProto, "opset_import"),
+        "_MODEL_TRAINING_INFO": (onnx.ModelProto, "training_info"),
+        "_MODEL_FUNCTIONS": (onnx.ModelProto, "functions"),
+        "_OPSET_DOMAIN": (onnx.OperatorSetIdProto, "domain"),
+        "_OPSET_VERSION": (onnx.OperatorSetIdProto, "version"),
+        "_GRAPH_NODE": (onnx.GraphProto, "node"),
+        "_GRAPH_INITIALIZER": (onnx.GraphProto, "initializer"),
+        "_GRAPH_INPUT": (onnx.GraphProto, "input"),
+        "_GRAPH_OUTPUT": (onnx.GraphProto, "output"),
+        "_GRAPH_SPARSE_INITIALIZER": (onnx.GraphProto, "sparse_initializer"),
+        "_VALUE_INFO_NAME": (onnx.ValueInfoProto, "name"),
+        "_NODE_ATTRIBUTE": (onnx.NodeProto, "attribute"),
+        "_ATTRIBUTE_T": (onnx.AttributeProto, "t"),
+        "_ATTRIBUTE_G": (onnx.AttributeProto, "g"),
+        "_ATTRIBUTE_TENSORS": (onnx.AttributeProto, "tensors"),
+        "_ATTRIBUTE_GRAPHS": (onnx.AttributeProto, "graphs"),
+        "_ATTRIBUTE_SPARSE_TENSOR": (onnx.AttributeProto, "sparse_tensor"),
+        "_ATTRIBUTE_SPARSE_TENSORS": (onnx.AttributeProto, "sparse_tensors"),
+        "_TENSOR_NAME": (onnx.TensorProto, "name"),
+        "_TENSOR_EXTERNAL_DATA": (onnx.TensorProto, "external_data"),
+        "_TENSOR_DATA_LOCATION": (onnx.TensorProto, "data_location"),
+        "_SPARSE_VALUES": (onnx.SparseTensorProto, "values"),
+        "_SPARSE_INDICES": (onnx.SparseTensorProto, "indices"),
+        "_FUNCTION_NODE": (onnx.FunctionProto, "node"),
+        "_FUNCTION_ATTRIBUTE_PROTO": (onnx.FunctionProto, "attribute_proto"),
+        "_TRAINING_INITIALIZATION": (onnx.TrainingInfoProto, "initialization"),
+        "_TRAINING_ALGORITHM": (onnx.TrainingInfoProto, "algorithm"),
+    }
+    for constant, (message, field_name) in expected.items():
+        number = message.DESCRIPTOR.fields_by_name[field_name].number
+        assert getattr(artifact_checks, constant) == number, constant
+    assert artifact_checks._TENSOR_LOCATION_EXTERNAL == onnx.TensorProto.EXTERNAL
+
+
+def test_the_scan_agrees_with_the_full_check_on_the_tiny_model(tmp_path: Path) -> None:
+    path = builders.tiny_onnx_model(tmp_path)
+    full = inspect_artifact(path)
+    scanned = scan_onnx(path)
+    assert full.details["checked"] == "onnx.checker"
+    assert scanned.details["checked"] == "streaming-scan"
+    assert _without_checked(scanned) == _without_checked(full)
+
+
+def test_the_scan_agrees_with_the_full_check_on_a_keras_export(real: dict[str, Path]) -> None:
+    full = inspect_artifact(real["onnx"])
+    assert _without_checked(scan_onnx(real["onnx"])) == _without_checked(full)
+    assert "tf2onnx" in full.details["producer"]
+
+
+def test_inspect_artifact_scans_above_the_threshold(
+    real: dict[str, Path], tmp_path: Path, scan_everything: None
+) -> None:
+    for path in (builders.tiny_onnx_model(tmp_path), real["onnx"]):
+        info = inspect_artifact(path)
+        assert info.details["checked"] == "streaming-scan"
+        assert _without_checked(info) == _without_checked(scan_onnx(path))
+
+
+def test_the_full_check_runs_up_to_the_threshold(tmp_path: Path) -> None:
+    path = builders.large_onnx_model(tmp_path, raw_mib=1)
+    full = inspect_artifact(path)
+    assert full.details["checked"] == "onnx.checker"
+    assert _without_checked(scan_onnx(path)) == _without_checked(full)
+
+
+def test_the_scan_leaves_graph_validation_to_the_worker(tmp_path: Path, scan_everything: None) -> None:
+    # onnx.checker refuses this graph; the scan only reads the structure, and the worker's
+    # onnx.checker run refuses it before loading (tests/lifecycle/test_runtimes.py).
+    info = inspect_artifact(builders.invalid_onnx_graph(tmp_path))
+    assert info.details["checked"] == "streaming-scan"
+
+
+@pytest.mark.parametrize(
+    "build",
+    [builders.onnx_with_external_data, builders.onnx_with_external_data_in_subgraph],
+    ids=lambda f: f.__name__,
+)
+def test_the_scan_refuses_external_data_even_in_subgraphs(
+    tmp_path: Path, build: Callable[[Path], Path], scan_everything: None
+) -> None:
+    path = build(tmp_path)
+    assert _rejected(path).code == "onnx_external_data"
+    assert _scan_rejected(path).code == "onnx_external_data"
+
+
+def _with_initializer(tmp_path: Path, tensor: bytes, name: str = "extra.onnx") -> Path:
+    """The tiny model plus one initializer given as raw TensorProto wire bytes."""
+    import onnx
+
+    model = onnx.load_model(str(builders.tiny_onnx_model(tmp_path / "src")))
+    graph = model.graph.SerializeToString() + bytes([5 << 3 | 2, len(tensor)]) + tensor
+    model.ClearField("graph")
+    path = tmp_path / name
+    path.write_bytes(model.SerializeToString() + bytes([7 << 3 | 2]) + _varint(len(graph)) + graph)
+    return path
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out) + bytes([value])
+
+
+@pytest.mark.parametrize(
+    "location",
+    [b"\x70\x01", b"\x70" + _varint(2**32 + 1)],  # data_location = EXTERNAL; int32 keeps the low bits
+    ids=["external", "external_in_the_low_32_bits"],
+)
+def test_a_data_location_of_external_alone_is_refused(tmp_path: Path, location: bytes) -> None:
+    path = _with_initializer(tmp_path, b"\x42\x05ghost" + location)  # name = "ghost"
+    assert _rejected(path).code == "onnx_external_data"  # the full path agrees
+    error = _scan_rejected(path)
+    assert error.code == "onnx_external_data"
+    assert "'ghost'" in error.message
+
+
+def test_external_data_in_a_function_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import helper
+
+    external = builders._external_tensor("w", [1.0])
+    function = helper.make_function(
+        "custom",
+        "Const",
+        [],
+        ["y"],
+        [helper.make_node("Constant", [], ["y"], value=external)],
+        [helper.make_opsetid("", 17)],
+    )
+    model = onnx.load_model(str(builders.tiny_onnx_model(tmp_path / "src")))
+    model.functions.append(function)
+    path = tmp_path / "function.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert _scan_rejected(path).code == "onnx_external_data"
+
+
+def test_subgraphs_nested_past_the_limit_are_corrupt(tmp_path: Path, scan_everything: None) -> None:
+    assert scan_onnx(builders.nested_subgraphs_onnx(tmp_path, depth=64)).details["nodes"] == 1
+    error = _rejected(builders.nested_subgraphs_onnx(tmp_path, depth=65))
+    assert error.code == "corrupt_onnx"
+    assert "deeper than 64" in error.message
+
+
+def test_a_truncated_onnx_file_is_corrupt_at_every_cut(tmp_path: Path, scan_everything: None) -> None:
+    data = builders.tiny_onnx_model(tmp_path).read_bytes()
+    cut = tmp_path / "cut.onnx"
+    for end in range(2, len(data)):  # from 2 bytes on, the head reads as ONNX
+        cut.write_bytes(data[:end])
+        assert _scan_rejected(cut).code == "corrupt_onnx", end
+        assert _rejected(cut).code == "corrupt_onnx", end
+
+
+def test_a_large_onnx_file_cut_inside_its_tensor_data_is_corrupt(tmp_path: Path) -> None:
+    path = builders.large_onnx_model(tmp_path, raw_mib=2)
+    size = path.stat().st_size
+    cut = tmp_path / "cut.onnx"
+    with path.open("rb") as f:
+        data = f.read(64 * 1024)
+    for end in (100, 300, 64 * 1024):
+        cut.write_bytes(data[:end])
+        error = _scan_rejected(cut)
+        assert error.code == "corrupt_onnx"
+        assert "does not parse" in error.message
+    with path.open("r+b") as f:
+        f.truncate(size - 1)
+    assert "runs past the end of the file" in _scan_rejected(path).message
+
+
+def test_mangled_onnx_bytes_only_ever_raise_artifact_rejected(tmp_path: Path) -> None:
+    import numpy as np
+
+    data = bytearray(builders.tiny_onnx_model(tmp_path).read_bytes())
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mangled.onnx"
+    for _ in range(300):
+        mangled = bytearray(data)
+        for i in rng.integers(0, len(data), size=3):
+            mangled[i] = int(rng.integers(0, 256))
+        path.write_bytes(bytes(mangled))
+        try:
+            scan_onnx(path)
+        except ArtifactRejected as exc:
+            assert exc.code in ("corrupt_onnx", "unknown_format", "onnx_external_data")
+
+
+def test_random_bytes_are_an_unknown_format_for_the_scan(tmp_path: Path) -> None:
+    for seed in range(20):
+        path = builders.random_bytes(tmp_path / str(seed), size=64 * 1024, seed=seed)
+        head = path.read_bytes()[:2]
+        expected = "corrupt_onnx" if head[0] == 0x08 and 1 <= head[1] <= 32 else "unknown_format"
+        assert _scan_rejected(path).code == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x08\x08\x38\x01", "ModelProto.graph has wire type 0"),
+        (b"\x08\x08\x3a\x05\x0a\x00", "runs past the end"),
+        (b"\x08\x08\x08" + b"\xff" * 10 + b"\x01", "longer than 10 bytes"),
+        (b"\x08\x08\x08\xff", "truncated varint"),
+        (b"\x08\x08\x00", "invalid field key"),
+        (b"\x08\x08\xf3\x01", "unsupported wire type 3"),  # field 30 as a group
+    ],
+    ids=["wrong_wire_type", "length_past_eof", "long_varint", "cut_varint", "field_zero", "group"],
+)
+def test_malformed_wire_data_is_corrupt(tmp_path: Path, data: bytes, reason: str) -> None:
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(data)
+    error = _scan_rejected(path)
+    assert error.code == "corrupt_onnx"
+    assert reason in error.message
+
+
+def test_the_scan_refuses_past_its_field_and_name_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = builders.tiny_onnx_model(tmp_path)
+    monkeypatch.setattr(artifact_checks, "_SCAN_MAX_FIELDS", 10)
+    assert "protobuf fields" in _scan_rejected(path).message
+    monkeypatch.undo()
+    monkeypatch.setattr(artifact_checks, "_SCAN_MAX_NAME_BYTES", 100)
+    error = _scan_rejected(path)
+    assert error.code == "corrupt_onnx"
+    assert "names add up" in error.message
+
+
+def test_the_scan_of_a_300_mib_model_stays_under_16_mib(tmp_path: Path) -> None:
+    path = builders.large_onnx_model(tmp_path, raw_mib=300)
+    try:
+        assert path.stat().st_size > 300 * 1024**2
+        tracemalloc.start()
+        try:
+            info = scan_onnx(path)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        path.unlink()
+    assert info.details["inputs"] == ["features"]
+    assert info.details["checked"] == "streaming-scan"
+    assert peak < 16 * 1024**2, f"peak Python allocation {peak} bytes"
+
+
+def test_inspecting_a_1_gib_onnx_upload_grows_the_process_by_under_64_mib(tmp_path: Path) -> None:
+    # A fresh interpreter, so the peak RSS before the check is the baseline. The file is
+    # sparse: 1 GiB of zeros that costs no disk.
+    path = builders.large_onnx_model(tmp_path, raw_mib=1024, sparse=True)
+    script = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from registry.artifact_checks import inspect_artifact\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "info = inspect_artifact(Path(sys.argv[1]))\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "assert info.details['checked'] == 'streaming-scan', info\n"
+        "print(after - before)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(path)],
+            cwd=REPO_ROOT,
+            check=True,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        path.unlink()
+    growth_kib = int(done.stdout.strip())
+    assert growth_kib < 64 * 1024, f"the web process grew by {growth_kib} KiB"

@@ -174,6 +174,8 @@ MODELGATE_TASK_LEASE_SECONDS = env.int("MODELGATE_TASK_LEASE_SECONDS", default=2
 # A version whose pipeline step was started this many times without finishing is rejected rather than
 # requeued forever (a model that kills its worker every time).
 MODELGATE_MAX_TASK_ATTEMPTS = env.int("MODELGATE_MAX_TASK_ATTEMPTS", default=3)
+# How soon a step that failed with an unexpected error is handed out again.
+MODELGATE_RETRY_DELAY_SECONDS = env.int("MODELGATE_RETRY_DELAY_SECONDS", default=60)
 # How long a registered version may wait for its first task before the reconciler enqueues it again.
 MODELGATE_RECONCILE_GRACE_SECONDS = env.int("MODELGATE_RECONCILE_GRACE_SECONDS", default=60)
 MODELGATE_GATE_TIME_LIMIT = env.int("MODELGATE_GATE_TIME_LIMIT", default=15 * 60)

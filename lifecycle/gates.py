@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifecycle import runtimes
-from lifecycle.policy import Policy, policy_parse
-from registry.models import ModelVersion
+import numpy as np
+
+from lifecycle import evaluation, runtimes
+from lifecycle.policy import MetricGate, NoRegressionGate, Policy, policy_parse
+from registry.models import Dataset, ModelVersion
 from registry.selectors import model_champion
 from registry.storage import blob_local_path
 
@@ -49,6 +51,7 @@ class Evaluation:
     outcomes: list[GateOutcome]
     signature: dict | None
     runtime: str = ""
+    datasets: list[int] = field(default_factory=list)  # scored datasets, linked with the role validation
 
     @property
     def failed(self) -> list[GateOutcome]:
@@ -124,24 +127,329 @@ def _signature_compatible(index: int, gate: Any, ctx: GateContext) -> list[GateO
     ]
 
 
-def _not_available(index: int, gate: Any, ctx: GateContext) -> list[GateOutcome]:
+def _latency(index: int, gate: Any, ctx: GateContext) -> list[GateOutcome]:
+    """p50 and p95 over ``runs`` timed predictions after a warm-up, at the policy's batch size."""
+    if ctx.model is None:
+        return [GateOutcome(index, "latency", False, reason="latency: the model does not load")]
+    inputs = _random_inputs(ctx.model.signature, gate.batch_size)
+    for _ in range(gate.warmup):
+        ctx.model.predict(inputs)
+    timings = []
+    for _ in range(gate.runs):
+        started = time.perf_counter()
+        ctx.model.predict(inputs)
+        timings.append((time.perf_counter() - started) * 1000)
+    p50, p95 = (float(np.percentile(timings, q)) for q in (50, 95))
+    passed = p95 <= gate.p95_ms and (gate.p50_ms is None or p50 <= gate.p50_ms)
+    why = f"latency p95 is {p95:.2f} ms > {gate.p95_ms:g} ms" if p95 > gate.p95_ms else ""
+    if gate.p50_ms is not None and p50 > gate.p50_ms:
+        why = f"latency p50 is {p50:.2f} ms > {gate.p50_ms:g} ms"
     return [
         GateOutcome(
             index,
-            gate.kind,
-            False,
-            metric=getattr(gate, "metric", "") or "",
-            details={"error": "gate kind not available"},
-            reason=f"{gate.kind}: gate kind not available",
+            "latency",
+            passed,
+            metric="p95_ms",
+            value=round(p95, 4),
+            threshold=gate.p95_ms,
+            rows=gate.runs,
+            details={
+                "p50_ms": round(p50, 4),
+                "batch_size": gate.batch_size,
+                "runs": gate.runs,
+                "runtime": ctx.model.name,
+            },
+            reason=why,
         )
     ]
+
+
+def _random_inputs(signature: runtimes.Signature, batch: int) -> Any:
+    rng = np.random.default_rng(0)
+
+    def one(spec: runtimes.TensorSpec) -> np.ndarray:
+        shape = [batch, *[d or 1 for d in spec.shape[1:]]]
+        if "int" in spec.dtype:
+            return rng.integers(0, 2, size=shape).astype(spec.dtype)
+        return rng.random(shape, dtype=np.float32)
+
+    if len(signature.inputs) == 1:
+        return one(signature.inputs[0])
+    return {spec.name: one(spec) for spec in signature.inputs}
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1000 else f"{value:.1f}"
+
+
+def _judge_metric(index: int, gate: MetricGate, slice_label: str, value: float, rows: int) -> GateOutcome:
+    where = f"{gate.metric} on {slice_label}" if slice_label else gate.metric
+    reason, threshold = "", gate.min if gate.min is not None else gate.max
+    if gate.min is not None and value < gate.min:
+        reason, threshold = f"{where} is {_fmt(value)} < {_fmt(gate.min)}", gate.min
+    elif gate.max is not None and value > gate.max:
+        reason, threshold = f"{where} is {_fmt(value)} > {_fmt(gate.max)}", gate.max
+    return GateOutcome(
+        index,
+        "metric",
+        not reason,
+        metric=gate.metric,
+        slice=slice_label,
+        value=value,
+        threshold=threshold,
+        rows=rows,
+        details={"dataset": gate.dataset, "min": gate.min, "max": gate.max},
+        reason=reason,
+    )
+
+
+def _judge_regression(
+    index: int,
+    gate: NoRegressionGate,
+    slice_label: str,
+    value: float,
+    baseline: float,
+    rows: int,
+    champion: int,
+) -> GateOutcome:
+    higher = evaluation.higher_is_better(gate.metric)
+    drop = (baseline - value) if higher else (value - baseline)
+    relative = drop / abs(baseline) if baseline else (0.0 if drop <= 0 else float("inf"))
+    where = f"{gate.metric} on {slice_label}" if slice_label else gate.metric
+    reason, threshold = "", gate.max_drop if gate.max_drop is not None else gate.max_relative_drop
+    if gate.max_drop is not None and drop > gate.max_drop:
+        reason = (
+            f"{where} is {_fmt(value)} vs the champion v{champion}'s {_fmt(baseline)}: "
+            f"a drop of {_fmt(drop)} > max_drop {_fmt(gate.max_drop)}"
+        )
+    elif gate.max_relative_drop is not None and relative > gate.max_relative_drop:
+        reason = (
+            f"{where} is {_fmt(value)} vs the champion v{champion}'s {_fmt(baseline)}: "
+            f"a relative drop of {relative:.2%} > max_relative_drop {gate.max_relative_drop:.2%}"
+        )
+    return GateOutcome(
+        index,
+        "no_regression",
+        not reason,
+        metric=gate.metric,
+        slice=slice_label,
+        value=value,
+        baseline=baseline,
+        threshold=threshold,
+        rows=rows,
+        details={
+            "dataset": gate.dataset,
+            "champion": champion,
+            "drop": drop,
+            "relative_drop": relative if relative != float("inf") else None,
+            "higher_is_better": higher,
+        },
+        reason=reason,
+    )
+
+
+@dataclass
+class _Scored:
+    """One pass over a dataset: labels, the candidate's and the champion's outputs, slice values."""
+
+    dataset: Dataset
+    labels: np.ndarray
+    candidate: np.ndarray
+    champion: np.ndarray | None
+    slices: dict[str, np.ndarray]
+
+
+def _dataset_for(gate: Any) -> Dataset | None:
+    found = Dataset.objects.filter(name=gate.dataset)
+    if gate.dataset_version != "latest":
+        found = found.filter(version=gate.dataset_version)
+    return found.order_by("-version").first()
+
+
+def _score(
+    dataset: Dataset, group: list[Any], model: runtimes.Runtime, champion: runtimes.Runtime | None
+) -> _Scored:
+    """Read the dataset once, in chunks, and run both models on every row."""
+    gate = group[0]
+    slice_columns = sorted({g.slice_by for g in group if g.slice_by})
+    labels, candidate, baseline, slices = [], [], [], {c: [] for c in slice_columns}
+    with blob_local_path(dataset.artifact_key, suffix=f".{dataset.format}") as path:
+        for chunk in evaluation.read_chunks(
+            Path(path), dataset.format, label=gate.label, features=gate.features, slice_columns=slice_columns
+        ):
+            labels.append(chunk.labels)
+            candidate.append(evaluation.predict_batched(model, chunk.features))
+            if champion is not None:
+                baseline.append(evaluation.predict_batched(champion, chunk.features))
+            for column in slice_columns:
+                slices[column].append(chunk.slices[column])
+    if not labels:
+        raise evaluation.EvaluationError(f"dataset {dataset} has no rows")
+    return _Scored(
+        dataset=dataset,
+        labels=np.concatenate(labels),
+        candidate=np.concatenate(candidate),
+        champion=np.concatenate(baseline) if champion is not None else None,
+        slices={c: np.concatenate(v) for c, v in slices.items()},
+    )
+
+
+def _slices_of(gate: Any, scored: _Scored) -> list[tuple[str, np.ndarray | None]]:
+    """The overall rows first, then one mask per value of the slice column."""
+    out: list[tuple[str, np.ndarray | None]] = [("", None)]
+    if gate.slice_by:
+        values = scored.slices[gate.slice_by]
+        out += [(f"{gate.slice_by}={value}", values == value) for value in np.unique(values)]
+    return out
+
+
+def _dataset_outcomes(index: int, gate: Any, scored: _Scored, ctx: GateContext) -> list[GateOutcome]:
+    outcomes = []
+    for label, mask in _slices_of(gate, scored):
+        rows = int(len(scored.labels) if mask is None else mask.sum())
+        if mask is not None and rows < gate.min_slice_rows:
+            outcomes.append(
+                GateOutcome(
+                    index,
+                    gate.kind,
+                    None,
+                    metric=gate.metric,
+                    slice=label,
+                    rows=rows,
+                    skipped_reason=f"only {rows} rows (< min_slice_rows {gate.min_slice_rows}): reported, not judged",
+                )
+            )
+            continue
+        pick = (lambda a: a) if mask is None else (lambda a, m=mask: a[m])
+        try:
+            value = evaluation.metric_value(gate.metric, pick(scored.labels), pick(scored.candidate))
+            if gate.kind == "metric":
+                outcomes.append(_judge_metric(index, gate, label, value, rows))
+            else:
+                baseline = evaluation.metric_value(gate.metric, pick(scored.labels), pick(scored.champion))
+                outcomes.append(
+                    _judge_regression(index, gate, label, value, baseline, rows, ctx.champion.version)
+                )
+        except evaluation.EvaluationError as exc:
+            if mask is not None:  # e.g. roc_auc on a slice holding one class: report, do not judge
+                outcomes.append(
+                    GateOutcome(
+                        index,
+                        gate.kind,
+                        None,
+                        metric=gate.metric,
+                        slice=label,
+                        rows=rows,
+                        skipped_reason=str(exc),
+                    )
+                )
+            else:
+                outcomes.append(
+                    GateOutcome(
+                        index, gate.kind, False, metric=gate.metric, rows=rows, reason=f"{gate.metric}: {exc}"
+                    )
+                )
+    for outcome in outcomes:
+        outcome.details.setdefault("dataset", f"{scored.dataset.name}:{scored.dataset.version}")
+    return outcomes
+
+
+def _open_champion(ctx: GateContext, workdir: Path) -> tuple[runtimes.Runtime | None, str]:
+    champion = ctx.champion
+    try:
+        with blob_local_path(champion.artifact_key, suffix=SUFFIX.get(champion.format, "")) as path:
+            return runtimes.open_model(Path(path), champion.format, workdir=workdir), ""
+    except Exception as exc:
+        return None, f"the champion v{champion.version} does not load: {exc}"
+
+
+def _dataset_gates(
+    gates: list[tuple[int, Any]], ctx: GateContext, workdir: Path
+) -> tuple[list[GateOutcome], set[int]]:
+    """Every metric and no_regression gate, one pass over the data per (dataset, label, features)."""
+    outcomes: list[GateOutcome] = []
+    used: set[int] = set()
+    groups: dict[tuple, list[tuple[int, Any]]] = {}
+    for index, gate in gates:
+        key = (gate.dataset, gate.dataset_version, gate.label, tuple(gate.features or ()))
+        groups.setdefault(key, []).append((index, gate))
+    champion_model, champion_error = None, ""
+    if (
+        ctx.champion is not None
+        and any(g.kind == "no_regression" for _, g in gates)
+        and ctx.model is not None
+    ):
+        champion_model, champion_error = _open_champion(ctx, workdir / "champion")
+
+    for (name, wanted, _label, _features), members in groups.items():
+        dataset = _dataset_for(members[0][1])
+        failure = ""
+        if ctx.model is None:
+            failure = "the model does not load"
+        elif dataset is None:
+            ref = name if wanted == "latest" else f"{name}:{wanted}"
+            failure = f"dataset {ref} no longer exists"
+        scored = None
+        if not failure:
+            needs_champion = any(g.kind == "no_regression" for _, g in members) and champion_model is not None
+            started = time.perf_counter()
+            try:
+                scored = _score(
+                    dataset, [g for _, g in members], ctx.model, champion_model if needs_champion else None
+                )
+            except FileNotFoundError:
+                failure = f"dataset {dataset} has no bytes in the store (purged?)"
+            except evaluation.EvaluationError as exc:
+                failure = f"dataset {dataset}: {exc}"
+            elapsed = (time.perf_counter() - started) * 1000
+            used.add(dataset.pk)
+        for index, gate in members:
+            if failure:
+                outcomes.append(
+                    GateOutcome(
+                        index,
+                        gate.kind,
+                        False,
+                        metric=gate.metric,
+                        details={"error": failure},
+                        reason=f"{gate.kind} ({gate.metric}): {failure}",
+                    )
+                )
+            elif gate.kind == "no_regression" and ctx.champion is None:
+                outcomes.append(
+                    GateOutcome(
+                        index,
+                        gate.kind,
+                        None,
+                        metric=gate.metric,
+                        skipped_reason="no champion: the first version of a model has no baseline",
+                    )
+                )
+            elif gate.kind == "no_regression" and champion_model is None:
+                outcomes.append(
+                    GateOutcome(
+                        index,
+                        gate.kind,
+                        False,
+                        metric=gate.metric,
+                        details={"error": champion_error},
+                        reason=f"no_regression ({gate.metric}): {champion_error}",
+                    )
+                )
+            else:
+                for outcome in _dataset_outcomes(index, gate, scored, ctx):
+                    outcome.duration_ms = elapsed
+                    outcomes.append(outcome)
+    return outcomes, used
 
 
 GATE_KINDS: dict[str, GateFn] = {
     "loads": _loads,
     "size": _size,
     "signature_compatible": _signature_compatible,
+    "latency": _latency,
 }
+DATASET_GATES = {"metric", "no_regression"}
 
 
 def gates_evaluate(version: ModelVersion) -> Evaluation:
@@ -174,16 +482,24 @@ def gates_evaluate(version: ModelVersion) -> Evaluation:
             # A model that does not load is rejected whatever the policy lists; the check is implicit.
             outcomes += [o for o in _loads(len(policy.gates), None, ctx) if o.passed is False]
         for index, gate in enumerate(policy.gates):
+            if gate.kind in DATASET_GATES:
+                continue
             started = time.perf_counter()
-            results = GATE_KINDS.get(gate.kind, _not_available)(index, gate, ctx)
+            results = GATE_KINDS[gate.kind](index, gate, ctx)
             elapsed = (time.perf_counter() - started) * 1000
             for outcome in results:
                 outcome.duration_ms = load_ms if gate.kind == "loads" else elapsed
             outcomes += results
+        dataset_outcomes, used = _dataset_gates(
+            [(i, g) for i, g in enumerate(policy.gates) if g.kind in DATASET_GATES], ctx, Path(workdir)
+        )
+        outcomes += dataset_outcomes
+    outcomes.sort(key=lambda o: (o.gate_index, o.slice))
     return Evaluation(
         outcomes=outcomes,
         signature=model.signature.as_dict() if model is not None else None,
         runtime=model.name if model is not None else "",
+        datasets=sorted(used),
     )
 
 

@@ -22,7 +22,7 @@ from lifecycle import gates
 from lifecycle.policy import policy_parse
 from lifecycle.states import PIPELINE_STATES, TransitionNotAllowed, version_transition
 from registry.events import event_record
-from registry.models import EventKind, GateResult, ModelVersion
+from registry.models import DatasetRole, EventKind, GateResult, ModelVersion, VersionDataset
 from registry.models import VersionStatus as S
 from registry.selectors import model_champion
 from registry.services import Upload, model_version_register
@@ -153,6 +153,10 @@ def validation_finish(*, version_id: int, attempt: int, evaluation: gates.Evalua
     )
     if evaluation.signature is not None:
         ModelVersion.objects.filter(pk=version.pk).update(signature=evaluation.signature)
+    for dataset_id in evaluation.datasets:  # lineage: the data the registry scored it on
+        VersionDataset.objects.get_or_create(
+            version=version, dataset_id=dataset_id, role=DatasetRole.VALIDATION
+        )
     failed = evaluation.failed
     event_record(
         kind=EventKind.GATES_COMPLETED,
@@ -192,12 +196,49 @@ def validation_run(version_id: int) -> ModelVersion | None:
     if version is None:
         log.info("version %s: nothing to validate (already claimed or done)", version_id)
         return None
-    evaluation = gates.gates_evaluate(version)
+    try:
+        evaluation = gates.gates_evaluate(version)
+    except Exception:
+        # Not the model's fault as far as we know (the database or the store went away, or a bug):
+        # hand the step back soon rather than at the end of the lease. The attempt counter still
+        # stops a step that fails every time.
+        retry_at = timezone.now() + dt.timedelta(seconds=settings.MODELGATE_RETRY_DELAY_SECONDS)
+        ModelVersion.objects.filter(pk=version.pk, status=S.VALIDATING).update(lease_expires_at=retry_at)
+        raise
     try:
         return validation_finish(version_id=version.pk, attempt=version.gate_attempt, evaluation=evaluation)
     except TransitionNotAllowed:
         log.info("version %s moved on while its gates ran; results dropped", version_id)
         return None
+
+
+@transaction.atomic
+def version_revalidate(*, version: ModelVersion, actor, reason: str = "") -> ModelVersion:
+    """Run the gates again as a new attempt; earlier attempts' results are kept."""
+    locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+    if locked.status not in REVALIDATE_FROM:
+        raise TransitionNotAllowed(
+            locked,
+            S.VALIDATING,
+            f"{locked.label} is {locked.status}; only {', '.join(sorted(REVALIDATE_FROM))} "
+            "versions can be revalidated",
+        )
+    attempt = locked.gate_attempt + 1
+    moved = version_transition(
+        version_id=locked.pk,
+        to=S.VALIDATING,
+        actor=actor,
+        reason=reason or f"revalidation requested (attempt {attempt})",
+        data={"attempt": attempt},
+        gate_attempt=attempt,
+        task_attempts=0,
+        lease_expires_at=None,
+    )
+    enqueue_on_commit(RUN_GATES, moved.pk)
+    return moved
+
+
+REVALIDATE_FROM = frozenset({S.REJECTED, S.AWAITING_APPROVAL})
 
 
 # --- reconciler ---------------------------------------------------------------------------------

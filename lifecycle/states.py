@@ -19,7 +19,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.REGISTERED: frozenset({S.VALIDATING, S.REJECTED}),
     S.VALIDATING: frozenset({S.SHADOWING, S.AWAITING_APPROVAL, S.REJECTED}),
     S.SHADOWING: frozenset({S.AWAITING_APPROVAL, S.REJECTED, S.RETIRED}),
-    S.AWAITING_APPROVAL: frozenset({S.PRODUCTION, S.REJECTED}),
+    S.AWAITING_APPROVAL: frozenset({S.PRODUCTION, S.REJECTED, S.VALIDATING}),  # revalidate
     S.PRODUCTION: frozenset({S.ARCHIVED, S.RETIRED}),
     # Restore and rollback go back through the approval path, never straight to production.
     S.ARCHIVED: frozenset({S.AWAITING_APPROVAL, S.RETIRED}),

@@ -30,6 +30,11 @@ urlpatterns = [
         v.VersionEventsView.as_view(),
         name="version-events",
     ),
+    path(
+        "models/<slug:name>/versions/<int:version>/revalidate/",
+        v.VersionRevalidateView.as_view(),
+        name="version-revalidate",
+    ),
     path("versions/", v.CrossVersionListView.as_view(), name="versions"),
     path("datasets/", v.DatasetListView.as_view(), name="dataset-list"),
     path("datasets/<slug:name>/<int:version>/", v.DatasetDetailView.as_view(), name="dataset-detail"),

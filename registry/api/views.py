@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from lifecycle.pipeline import version_push
+from lifecycle.pipeline import version_push, version_revalidate
 from lifecycle.policy import policy_validate
 from registry import selectors, services
 from registry.api import serializers as s
@@ -263,6 +263,14 @@ class VersionArtifactView(APIView):
             filename=f"{v.model.name}-v{v.version}{ext}",
             version_id=v.pk,
         )
+
+
+class VersionRevalidateView(APIView):
+    @extend_schema(request=None, responses={202: s.VersionOutSerializer})
+    def post(self, request: Request, name: str, version: int) -> Response:
+        v = version_for(request, name, version, "push")
+        version_revalidate(version=v, actor=request.user)
+        return Response(s.VersionOutSerializer(selectors.version_get(v.model, v.version)).data, status=202)
 
 
 class VersionLineageView(APIView):

@@ -5,21 +5,25 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-app = Celery("modelgate")
+# Task modules: the pipeline (gates, reconciler), the export branches, sign-off and webhooks.
+app = Celery("modelgate", include=["workers.tasks", "workers.exports", "workers.approvals"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 QUEUES = ("pipeline", "gates", "exports", "shadow", "maintenance")
 
 app.conf.update(
-    task_queues=[Queue(name) for name in QUEUES],
+    # One direct exchange per queue, bound by its own name: a message routed to a queue lands there only.
+    task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
     task_default_queue="pipeline",
     task_routes={
         "workers.tasks.run_gates": {"queue": "gates"},
         "workers.tasks.reconcile_pipeline": {"queue": "pipeline"},
+        "workers.exports.*": {"queue": "exports"},
+        "workers.approvals.*": {"queue": "pipeline"},
     },
     # A task is acknowledged only once it has finished, and a worker that dies mid-task (SIGKILL, OOM)
     # hands its message back instead of losing it. The database lease and attempt counter make the
@@ -42,6 +46,3 @@ app.conf.update(
     },
     worker_hijack_root_logger=False,
 )
-
-
-app.autodiscover_tasks(["workers"])

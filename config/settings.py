@@ -165,6 +165,18 @@ CELERY_BEAT_SCHEDULE = {
         "task": "workers.tasks.reconcile_pipeline",
         "schedule": env.float("MODELGATE_RECONCILE_SECONDS", default=60.0),
     },
+    "reconcile-exports": {
+        "task": "workers.exports.reconcile_exports",
+        "schedule": env.float("MODELGATE_RECONCILE_SECONDS", default=60.0),
+    },
+    "approval-timeouts": {
+        "task": "workers.approvals.expire_approvals",
+        "schedule": env.float("MODELGATE_RECONCILE_SECONDS", default=60.0),
+    },
+    "webhook-retries": {
+        "task": "workers.approvals.retry_webhooks",
+        "schedule": env.float("MODELGATE_WEBHOOK_RETRY_SECONDS", default=15.0),
+    },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
@@ -225,6 +237,11 @@ SPECTACULAR_SETTINGS = {
 SLACK_BOT_TOKEN = secret("SLACK_BOT_TOKEN")
 SLACK_SIGNING_SECRET = secret("SLACK_SIGNING_SECRET")
 SLACK_API_URL = env.str("SLACK_API_URL", default="https://slack.com/api/")
+
+# --- Webhooks --------------------------------------------------------------------------------------
+MODELGATE_WEBHOOK_BACKOFF_SECONDS = env.float("MODELGATE_WEBHOOK_BACKOFF_SECONDS", default=5.0)
+MODELGATE_WEBHOOK_TIMEOUT_SECONDS = env.float("MODELGATE_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+MODELGATE_WEBHOOK_MAX_ATTEMPTS = env.int("MODELGATE_WEBHOOK_MAX_ATTEMPTS", default=8)
 
 # --- Security --------------------------------------------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

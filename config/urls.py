@@ -3,9 +3,11 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from registry import health
+from registry.api.signoff import slack_interactions
 
 urlpatterns = [
     path("api/v1/", include(("registry.api.urls", "api"))),
+    path("slack/interactions/", slack_interactions, name="slack-interactions"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics, name="metrics"),

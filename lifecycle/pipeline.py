@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 GATES_ACTOR = "system:gates"
 RUN_GATES = "workers.tasks.run_gates"
+START_EXPORTS = "workers.exports.start_exports"
 
 
 def _send(task_name: str, *args: Any) -> None:
@@ -63,6 +64,14 @@ def version_push(*, model, upload: Upload, metadata: dict, actor, idempotency_ke
     )
     if created:
         _send(RUN_GATES, version.pk)
+        from lifecycle import webhooks
+
+        with transaction.atomic():
+            webhooks.webhooks_emit(
+                event="version.registered",
+                version=version,
+                data={"by": version.created_by.get_username() if version.created_by else None},
+            )
     return version, created
 
 
@@ -108,15 +117,15 @@ def validation_claim(version_id: int, *, now: dt.datetime | None = None) -> Mode
     return version
 
 
-def _next_stage(version: ModelVersion) -> tuple[str, str]:
-    """Where a version goes once its gates pass, and why the shadow stage is skipped when it is."""
+def _shadow_skipped(version: ModelVersion) -> str:
+    """Why the shadow stage is skipped (this release has no serving stack, so it always is)."""
     policy = policy_parse(version.model.policy)
     champion = model_champion(version.model)
     if champion is None or champion.pk == version.pk:
-        return S.AWAITING_APPROVAL, "no champion: the first version of a model has nothing to shadow"
+        return "no champion: the first version of a model has nothing to shadow"
     if not policy.shadow.enabled:
-        return S.AWAITING_APPROVAL, "shadowing not configured: the policy turns it off"
-    return S.AWAITING_APPROVAL, "shadowing not configured: no serving stack is installed in this release"
+        return "shadowing not configured: the policy turns it off"
+    return "shadowing not configured: no serving stack is installed in this release"
 
 
 @transaction.atomic
@@ -170,24 +179,28 @@ def validation_finish(*, version_id: int, attempt: int, evaluation: gates.Evalua
             "failed": [o.gate for o in failed],
         },
     )
-    done = {"lease_expires_at": None, "task_attempts": 0}
     if failed:
         return version_transition(
             version_id=version.pk,
             to=S.REJECTED,
             actor=GATES_ACTOR,
             reason=gates.rejection_reason(failed),
-            **done,
+            lease_expires_at=None,
+            task_attempts=0,
         )
-    target, skipped = _next_stage(version)
-    if target == S.AWAITING_APPROVAL:
-        event_record(
-            kind=EventKind.STAGE_SKIPPED,
-            actor=GATES_ACTOR,
-            version=version,
-            data={"stage": "shadow", "reason": skipped},
-        )
-    return version_transition(version_id=version.pk, to=target, actor=GATES_ACTOR, reason=skipped, **done)
+    from lifecycle import approval  # approval builds on the pipeline's enqueueing
+
+    if policy_parse(version.model.policy).exports.formats:
+        # Export branches run beside the next stages; they do not hold them up.
+        enqueue_on_commit(START_EXPORTS, version.pk)
+    skipped = _shadow_skipped(version)
+    event_record(
+        kind=EventKind.STAGE_SKIPPED,
+        actor=GATES_ACTOR,
+        version=version,
+        data={"stage": "shadow", "reason": skipped},
+    )
+    return approval.await_approval(version_id=version.pk, actor=GATES_ACTOR, reason=skipped)
 
 
 def validation_run(version_id: int) -> ModelVersion | None:

@@ -11,6 +11,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from lifecycle import webhooks
 from registry.events import Actor, event_record
 from registry.models import EventKind, ModelVersion
 from registry.models import VersionStatus as S
@@ -74,4 +75,8 @@ def version_transition(
         version=version,
         data={"from": old, "to": to, "reason": reason, **(data or {})},
     )
+    if to in webhooks.STATUS_EVENTS:
+        webhooks.webhooks_emit(
+            event=webhooks.STATUS_EVENTS[to], version=version, data={"from": old, "reason": reason}
+        )
     return version

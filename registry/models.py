@@ -109,6 +109,8 @@ class ModelVersion(models.Model):
     # counts how often the current step was claimed without finishing; lease_expires_at is when a
     # claimed step is presumed lost (its worker died) so that the reconciler may hand it out again.
     gate_attempt = models.PositiveIntegerField(default=1)
+    approval_round = models.PositiveIntegerField(default=0)  # bumped on each entry into awaiting_approval
+    is_rollback = models.BooleanField(default=False)  # the current approval round is a rollback
     task_attempts = models.PositiveSmallIntegerField(default=0)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)  # last time the reconciler re-sent it
@@ -264,6 +266,137 @@ class GateResult(models.Model):
         ]
 
 
+class Export(models.Model):
+    """One export branch of a version (onnx, tflite, tflite-dynamic, tfjs) and its parity check."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        PASSED = "passed"
+        FAILED = "failed"  # the conversion failed, or parity was missed
+        NOT_APPLICABLE = "not_applicable"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="exports")
+    format = models.CharField(max_length=24)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    required = models.BooleanField(default=False)
+    artifact_key = models.CharField(max_length=255, blank=True, default="")
+    sha256 = models.CharField(max_length=64, blank=True, default="")
+    size = models.BigIntegerField(null=True, blank=True)
+    parity = models.JSONField(default=dict, blank=True)  # max/mean abs diff, atol, samples, passed
+    runtime = models.CharField(max_length=100, blank=True, default="")
+    convert_ms = models.FloatField(null=True, blank=True)
+    check_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    purged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["version_id", "format"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "format"], name="uniq_version_export_format")
+        ]
+
+
+class Approval(models.Model):
+    """A sign-off decision: who, where (slack, web, api), when, and on what evidence."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve"
+        REJECT = "reject"
+
+    class Channel(models.TextChoices):
+        SLACK = "slack"
+        WEB = "web"
+        API = "api"
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="approvals")
+    # Each entry into awaiting_approval opens a new round (a rollback or a restore asks again).
+    round = models.PositiveIntegerField(default=1)
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150)
+    channel = models.CharField(max_length=8, choices=Channel.choices)
+    comment = models.TextField(blank=True, default="")
+    slack_user_id = models.CharField(max_length=32, blank=True, default="")
+    slack_channel = models.CharField(max_length=32, blank=True, default="")
+    slack_message_ts = models.CharField(max_length=32, blank=True, default="")
+    evidence = models.JSONField(default=dict)  # the summary shown to the approver
+    evidence_digest = models.CharField(max_length=64)  # sha256 of its canonical JSON
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["version_id", "round", "at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "round", "actor_name"], name="uniq_approval_per_round_actor"
+            )
+        ]
+
+
+class SlackIdentity(models.Model):
+    """Maps a Slack user to a Modelgate user, so that a button click is a known person's decision."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="slack")
+    slack_user_id = models.CharField(max_length=32, unique=True)
+    team_id = models.CharField(max_length=32, blank=True, default="")
+
+
+class SlackMessage(models.Model):
+    """The approval request posted for one round, so that decisions can update it in place."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="slack_messages")
+    round = models.PositiveIntegerField(default=1)
+    channel = models.CharField(max_length=32)
+    ts = models.CharField(max_length=32)
+    posted_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "round"], name="uniq_slack_message_round")]
+
+
+class SlackRequestSeen(models.Model):
+    """Signatures of Slack requests already handled, to refuse a replay of the same request."""
+
+    signature = models.CharField(max_length=100, unique=True)
+    at = models.DateTimeField(default=timezone.now)
+
+
+class Webhook(models.Model):
+    """An owner's outgoing webhook: signed deliveries of chosen event kinds for one model."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=1000)
+    events = models.JSONField(default=list)  # event kinds, e.g. ["version.promoted"]; [] means all
+    secret = models.CharField(max_length=100)
+    active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+
+class WebhookDelivery(models.Model):
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"  # gave up after the last retry
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=40)
+    delivery_id = models.UUIDField(unique=True)
+    payload = models.JSONField()
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
+    attempts = models.JSONField(default=list)  # [{"at", "status", "error", "ms"}]
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+
 class EventKind(models.TextChoices):
     MODEL_CREATED = "model.created"
     MODEL_UPDATED = "model.updated"
@@ -279,6 +412,16 @@ class EventKind(models.TextChoices):
     DATASET_REGISTERED = "dataset.registered"
     TOKEN_ISSUED = "token.issued"
     TOKEN_REVOKED = "token.revoked"
+    VERSION_REVALIDATED = "version.revalidated"
+    EXPORTS_COMPLETED = "exports.completed"
+    EXPORT_COMPLETED = "export.completed"
+    APPROVAL_RECORDED = "approval.recorded"
+    APPROVAL_REFUSED = "approval.refused"
+    VERSION_PROMOTED = "version.promoted"
+    ROLLBACK_REQUESTED = "rollback.requested"
+    SLACK_POSTED = "slack.posted"
+    SLACK_REQUEST_REFUSED = "slack.refused"
+    WEBHOOK_CREATED = "webhook.created"
 
 
 class Event(models.Model):

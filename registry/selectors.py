@@ -13,6 +13,8 @@ from django.db.models.expressions import RawSQL
 
 from registry.models import (
     Alias,
+    Approval,
+    Export,
     GateResult,
     ModelRole,
     ModelVersion,
@@ -76,6 +78,8 @@ def version_detail_queryset() -> QuerySet[ModelVersion]:
         Prefetch("parent_links", queryset=VersionParent.objects.select_related("parent__model")),
         Prefetch("gate_results", queryset=GateResult.objects.order_by("attempt", "gate_index", "slice")),
         Prefetch("aliases", queryset=Alias.objects.only("id", "name", "version_id")),
+        Prefetch("exports", queryset=Export.objects.order_by("format")),
+        Prefetch("approvals", queryset=Approval.objects.order_by("round", "at", "id")),
     )
 
 

@@ -246,8 +246,32 @@ class Workers:
         self.procs.clear()
 
 
+SLACK_SIGNING_SECRET = "test-signing-secret"
+SLACK_BOT_TOKEN = "xoxb-test-token"
+
+
 @pytest.fixture(scope="session")
-def worker_env(django_db_setup, django_db_blocker, artifact_dir: Path, tmp_path_factory) -> dict[str, str]:
+def slack_server() -> Iterator:
+    """A local stand-in for Slack's Web API, reached by the real slack_sdk client."""
+    from tests.standins import Recorder, SlackHandler
+
+    server = Recorder(SlackHandler)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _slack_settings(settings, slack_server) -> None:
+    settings.SLACK_BOT_TOKEN = SLACK_BOT_TOKEN
+    settings.SLACK_SIGNING_SECRET = SLACK_SIGNING_SECRET
+    settings.SLACK_API_URL = f"{slack_server.url}/api/"
+    slack_server.reset()
+
+
+@pytest.fixture(scope="session")
+def worker_env(
+    django_db_setup, django_db_blocker, artifact_dir: Path, tmp_path_factory, slack_server
+) -> dict[str, str]:
     with django_db_blocker.unblock():
         db = connection.settings_dict
     url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
@@ -257,6 +281,10 @@ def worker_env(django_db_setup, django_db_blocker, artifact_dir: Path, tmp_path_
         "ARTIFACT_STORE": str(artifact_dir),
         "MODELGATE_VAR_DIR": str(tmp_path_factory.mktemp("worker-var")),
         "PYTHONUNBUFFERED": "1",
+        "SLACK_BOT_TOKEN": SLACK_BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SLACK_SIGNING_SECRET,
+        "SLACK_API_URL": f"{slack_server.url}/api/",
+        "MODELGATE_WEBHOOK_BACKOFF_SECONDS": "0.5",
     }
     return env
 

@@ -209,6 +209,7 @@ class VersionOutSerializer(VersionSummarySerializer):
             "parents",
             "gates",
             "gate_attempt",
+            "approval_round",
             "exports",
             "shadow",
             "approvals",
@@ -229,13 +230,38 @@ class VersionOutSerializer(VersionSummarySerializer):
         ]
 
     def get_exports(self, obj: ModelVersion) -> list[dict]:
-        return []
+        return [
+            {
+                "format": e.format,
+                "status": e.status,
+                "required": e.required,
+                "sha256": e.sha256,
+                "size": e.size,
+                "parity": e.parity,
+                "runtime": e.runtime,
+                "convert_ms": e.convert_ms,
+                "check_ms": e.check_ms,
+                "error": e.error,
+            }
+            for e in obj.exports.all()
+        ]
 
     def get_shadow(self, obj: ModelVersion) -> dict | None:
         return None
 
     def get_approvals(self, obj: ModelVersion) -> list[dict]:
-        return []
+        return [
+            {
+                "decision": a.decision,
+                "actor": a.actor_name,
+                "channel": a.channel,
+                "comment": a.comment,
+                "round": a.round,
+                "evidence_digest": a.evidence_digest,
+                "at": a.at.isoformat().replace("+00:00", "Z"),
+            }
+            for a in obj.approvals.all()
+        ]
 
     def get_aliases(self, obj: ModelVersion) -> list[str]:
         return sorted(alias.name for alias in obj.aliases.all())

@@ -1,6 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from registry.api import signoff
 from registry.api import views as v
 
 urlpatterns = [
@@ -34,6 +35,28 @@ urlpatterns = [
         "models/<slug:name>/versions/<int:version>/revalidate/",
         v.VersionRevalidateView.as_view(),
         name="version-revalidate",
+    ),
+    path(
+        "models/<slug:name>/versions/<int:version>/approve/",
+        signoff.ApproveView.as_view(),
+        name="version-approve",
+    ),
+    path(
+        "models/<slug:name>/versions/<int:version>/reject/",
+        signoff.RejectView.as_view(),
+        name="version-reject",
+    ),
+    path("models/<slug:name>/rollback/", signoff.RollbackView.as_view(), name="model-rollback"),
+    path("models/<slug:name>/webhooks/", signoff.WebhookListView.as_view(), name="webhook-list"),
+    path(
+        "models/<slug:name>/webhooks/<int:hook_id>/",
+        signoff.WebhookDetailView.as_view(),
+        name="webhook-detail",
+    ),
+    path(
+        "models/<slug:name>/webhooks/<int:hook_id>/ping/",
+        signoff.WebhookPingView.as_view(),
+        name="webhook-ping",
     ),
     path("versions/", v.CrossVersionListView.as_view(), name="versions"),
     path("datasets/", v.DatasetListView.as_view(), name="dataset-list"),

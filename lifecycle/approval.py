@@ -188,7 +188,6 @@ class Decision:
     version: ModelVersion
 
 
-@transaction.atomic
 def approval_record(
     *,
     version_id: int,
@@ -201,7 +200,29 @@ def approval_record(
     """Record one person's decision and act on it: any reject rejects, a quorum promotes.
 
     A second click by the same person in the same round returns the first decision (no new record).
+    A refused attempt raises ApprovalRefused after auditing it in a transaction of its own (the
+    decision's transaction is rolled back, the refusal must stay on record).
     """
+    try:
+        return _approval_record(
+            version_id=version_id, user=user, decision=decision, channel=channel, comment=comment, slack=slack
+        )
+    except ApprovalRefused as exc:
+        version = ModelVersion.objects.select_related("model").get(pk=version_id)
+        approval_refusal_record(version=version, actor=user, channel=channel, reason=exc.message, data=slack)
+        raise
+
+
+@transaction.atomic
+def _approval_record(
+    *,
+    version_id: int,
+    user: AbstractBaseUser,
+    decision: str,
+    channel: str,
+    comment: str,
+    slack: dict[str, str] | None,
+) -> Decision:
     version = ModelVersion.objects.select_for_update().select_related("model").get(pk=version_id)
     name = actor_label(user)
     existing = Approval.objects.filter(version=version, round=version.approval_round, actor_name=name).first()

@@ -43,19 +43,14 @@ def _decide(request: Request, name: str, number: int, decision: str) -> Response
     form = DecisionSerializer(data=request.data)
     form.is_valid(raise_exception=True)
     version = version_for(request, name, number)
-    try:
-        result = approval.approval_record(
-            version_id=version.pk,
-            user=request.user,
-            decision=decision,
-            channel=Approval.Channel.API,
-            comment=form.validated_data["comment"],
-        )
-    except approval.ApprovalRefused as exc:
-        approval.approval_refusal_record(
-            version=version, actor=request.user, channel="api", reason=exc.message
-        )
-        raise
+    # A refusal raises ApprovalRefused (audited by approval_record); the error handler answers 403.
+    result = approval.approval_record(
+        version_id=version.pk,
+        user=request.user,
+        decision=decision,
+        channel=Approval.Channel.API,
+        comment=form.validated_data["comment"],
+    )
     fresh = selectors.version_get(result.version.model, result.version.version)
     body = {
         "decision": result.approval.decision,
@@ -205,10 +200,7 @@ def slack_interactions(request: HttpRequest) -> HttpResponse:
             channel=Approval.Channel.SLACK,
             slack=slack_ids,
         )
-    except approval.ApprovalRefused as exc:
-        approval.approval_refusal_record(
-            version=version, actor=user, channel="slack", reason=exc.message, data=slack_ids
-        )
+    except approval.ApprovalRefused as exc:  # audited by approval_record
         _ephemeral(click, f"You cannot sign off {version.label}: {exc.message}.")
         return HttpResponse(status=200)
     except Conflict as exc:

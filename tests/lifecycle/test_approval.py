@@ -416,3 +416,24 @@ def test_webhook_secrets_never_appear_in_reads(fraud_model, owner, receiver):
     ).json()
     listed = owner.client.get("/api/v1/models/fraud/webhooks/").content.decode()
     assert created["secret"] not in listed
+
+
+def test_without_slack_the_page_and_api_are_the_paths_and_the_logs_say_so_once(
+    fraud_model, settings, slack_server, approver, caplog
+):
+    from lifecycle import slack
+
+    settings.SLACK_BOT_TOKEN = ""
+    slack._warned_unconfigured = False
+    version = awaiting(fraud_model, 1)
+
+    with caplog.at_level("WARNING", logger="lifecycle.slack"):
+        assert slack.request_post(version.pk, version.approval_round) is None
+        assert slack.message_update(version.pk) is False
+
+    assert [r.getMessage() for r in caplog.records].count(
+        "Slack is not configured (SLACK_BOT_TOKEN is empty): sign off on the version page or the API"
+    ) == 1
+    assert slack_server.calls == []
+    response = approver.client.post("/api/v1/models/fraud/versions/1/approve/", {}, format="json")
+    assert response.status_code == 201 and response.json()["version"]["status"] == "production"

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from lifecycle import webhooks
@@ -36,6 +36,7 @@ from registry.models import (
     Promotion,
     RegisteredModel,
     Role,
+    SlackIdentity,
 )
 from registry.models import VersionStatus as S
 
@@ -383,6 +384,23 @@ def rollback_request(*, model: RegisteredModel, actor: AbstractBaseUser, comment
     )
 
 
+@transaction.atomic
+def slack_identity_set(*, user: AbstractBaseUser, slack_user_id: str) -> SlackIdentity | None:
+    """Link (or, with an empty id, unlink) the Slack account whose clicks count as ``user``'s."""
+    old = SlackIdentity.objects.filter(user=user).values_list("slack_user_id", flat=True).first()
+    identity = None
+    if slack_user_id:
+        identity, _ = SlackIdentity.objects.update_or_create(
+            user=user, defaults={"slack_user_id": slack_user_id}
+        )
+    else:
+        SlackIdentity.objects.filter(user=user).delete()
+    event_record(
+        kind=EventKind.SLACK_IDENTITY_SET, actor=user, data={"old": old, "new": slack_user_id or None}
+    )
+    return identity
+
+
 def approvals_expire(now: dt.datetime | None = None) -> list[int]:
     """Reject every version whose approval waited longer than its policy's timeout_hours."""
     now = now or timezone.now()
@@ -415,7 +433,9 @@ def inbox(user: AbstractBaseUser) -> Any:
     if not user.is_staff:
         models = ModelRole.objects.filter(user=user, role__in=[Role.APPROVER, Role.OWNER]).values("model_id")
         waiting = waiting.filter(model_id__in=models)
-    # Not those this user already decided in the current round.
-    return waiting.exclude(
-        approvals__actor_name=user.get_username(), approvals__round=F("approval_round")
-    ).order_by("status_changed_at")
+    # Not those this user already decided in the current round (one subquery: both conditions must
+    # hold on the same approval row, which a plain exclude() across the relation does not ensure).
+    decided = Approval.objects.filter(
+        version=OuterRef("pk"), round=OuterRef("approval_round"), actor_name=user.get_username()
+    )
+    return waiting.exclude(Exists(decided)).order_by("status_changed_at")

@@ -8,6 +8,7 @@ signed request is refused, and the decision goes through ``lifecycle.approval`` 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from lifecycle import approval
 from lifecycle.policy import policy_parse
@@ -231,6 +233,13 @@ def verify(body: bytes, headers: dict[str, str]) -> None:
             SlackRequestSeen.objects.create(signature=signature[:100])
     except IntegrityError:
         raise BadRequest("this exact request was already handled (a replay)") from None
+
+
+def seen_prune(now: dt.datetime | None = None) -> int:
+    """Forget replay signatures older than the age check's window: the verifier refuses those anyway."""
+    cutoff = (now or timezone.now()) - dt.timedelta(minutes=10)
+    deleted, _ = SlackRequestSeen.objects.filter(at__lt=cutoff).delete()
+    return deleted
 
 
 def parse(payload_text: str) -> Click:

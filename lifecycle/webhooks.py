@@ -68,6 +68,18 @@ def webhook_create(*, model: RegisteredModel, url: str, events: list[str], actor
     return hook
 
 
+@transaction.atomic
+def webhook_delete(*, hook: Webhook, actor: Actor) -> None:
+    """Delete a hook; its pending deliveries go with it, the audit log keeps the fact."""
+    event_record(
+        kind=EventKind.WEBHOOK_DELETED,
+        actor=actor,
+        model=hook.model,
+        data={"url": hook.url, "events": hook.events},
+    )
+    hook.delete()
+
+
 def _payload(
     event: str, model: RegisteredModel, version: ModelVersion | None, data: dict[str, Any]
 ) -> dict[str, Any]:

@@ -422,6 +422,8 @@ class EventKind(models.TextChoices):
     SLACK_POSTED = "slack.posted"
     SLACK_REQUEST_REFUSED = "slack.refused"
     WEBHOOK_CREATED = "webhook.created"
+    WEBHOOK_DELETED = "webhook.deleted"
+    SLACK_IDENTITY_SET = "slack.identity_set"
 
 
 class Event(models.Model):

@@ -25,6 +25,7 @@ def slack_respond(response_url: str, text: str) -> None:
 @shared_task(name="workers.approvals.expire_approvals", ignore_result=True)
 def expire_approvals() -> None:
     approval.approvals_expire()
+    slack.seen_prune()
 
 
 @shared_task(name="workers.approvals.deliver_webhook", acks_late=True)

@@ -129,7 +129,7 @@ def _hook_for(request: Request, name: str, hook_id: int) -> Webhook:
 class WebhookDetailView(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, name: str, hook_id: int) -> Response:
-        _hook_for(request, name, hook_id).delete()
+        webhooks.webhook_delete(hook=_hook_for(request, name, hook_id), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.validators import URLValidator
 
-from registry.models import VersionStatus
+from lifecycle import webhooks
+from registry.models import SlackIdentity, VersionStatus
+
+SLACK_MEMBER_ID = re.compile(r"[UW][A-Z0-9]{2,31}")
 
 
 class TokenCreateForm(forms.Form):
@@ -35,3 +41,70 @@ class VersionFilterForm(forms.Form):
     """The status filter of a model's versions table; an unknown status is ignored, never a 500."""
 
     status = forms.ChoiceField(choices=[("", "All statuses"), *VersionStatus.choices], required=False)
+
+
+class DecisionForm(forms.Form):
+    """The optional comment of an Approve or Reject on the version page."""
+
+    comment = forms.CharField(
+        max_length=5000,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "placeholder": "Optional: what you checked, or why not."}),
+    )
+
+
+class RollbackForm(forms.Form):
+    comment = forms.CharField(
+        max_length=5000,
+        required=False,
+        widget=forms.TextInput(
+            attrs={"placeholder": "Why (optional)", "autocomplete": "off", "aria-label": "Why roll back"}
+        ),
+    )
+
+
+# A ping goes to one hook whatever it subscribes to, so it is not offered as a subscription.
+WEBHOOK_EVENT_CHOICES = [(event, event) for event in webhooks.EVENTS if event != "ping"]
+
+
+class WebhookCreateForm(forms.Form):
+    url = forms.URLField(
+        label="Payload URL",
+        max_length=1000,
+        assume_scheme="https",
+        validators=[URLValidator(schemes=["http", "https"])],
+        widget=forms.URLInput(attrs={"placeholder": "https://ci.example.com/hooks/modelgate"}),
+    )
+    events = forms.MultipleChoiceField(
+        choices=WEBHOOK_EVENT_CHOICES,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None checked: every event.",
+    )
+
+
+class SlackIdentityForm(forms.Form):
+    """The Slack member id a user clicks Approve as; empty unlinks it."""
+
+    slack_user_id = forms.CharField(
+        label="Slack member ID",
+        max_length=32,
+        required=False,
+        help_text="In Slack: your profile → ⋮ (More) → Copy member ID. It looks like U012AB3CD.",
+        widget=forms.TextInput(attrs={"placeholder": "U012AB3CD", "autocomplete": "off"}),
+    )
+
+    def __init__(self, *args: Any, user: AbstractBaseUser, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_slack_user_id(self) -> str:
+        value = self.cleaned_data["slack_user_id"].strip().upper()
+        if value and not SLACK_MEMBER_ID.fullmatch(value):
+            raise forms.ValidationError(
+                "A Slack member ID starts with U or W followed by letters and digits, e.g. U012AB3CD."
+            )
+        # Unique: one Slack account speaks for one Modelgate user. Whose it is stays unsaid.
+        if value and SlackIdentity.objects.filter(slack_user_id=value).exclude(user=self.user).exists():
+            raise forms.ValidationError("This Slack member ID is already linked to another Modelgate user.")
+        return value

@@ -15,23 +15,50 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db.models import Prefetch, Q
+from django.db import IntegrityError, transaction
+from django.db.models import Count, F, Prefetch, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from lifecycle import approval, webhooks
+from lifecycle.policy import policy_parse
 from lifecycle.states import PIPELINE_STATES
 from registry import auth, selectors
 from registry.api.views import model_context
-from registry.models import Alias, ApiToken, Event, ModelVersion, RegisteredModel, VersionStatus
-from registry.ui.forms import TokenCreateForm, VersionFilterForm
+from registry.errors import Conflict, NotFound
+from registry.models import (
+    Alias,
+    ApiToken,
+    Approval,
+    Event,
+    ModelVersion,
+    Promotion,
+    RegisteredModel,
+    SlackIdentity,
+    VersionStatus,
+    Webhook,
+    WebhookDelivery,
+)
+from registry.ui.forms import (
+    DecisionForm,
+    RollbackForm,
+    SlackIdentityForm,
+    TokenCreateForm,
+    VersionFilterForm,
+    WebhookCreateForm,
+)
 
 PAGE_SIZE = 50
 EVENTS_SHOWN = 50
 LINEAGE_DEPTH = 3
 # The plaintext of a token just issued waits here for the one page view that shows it (see `tokens`).
 NEW_TOKEN_SESSION_KEY = "modelgate.new_token"
+# Likewise the secret of a webhook just created, for the one model page view that shows it.
+NEW_WEBHOOK_SESSION_KEY = "modelgate.new_webhook"
+DELIVERIES_SHOWN = 10
 # "Awaiting Approval", as ``ModelVersion.get_status_display`` says it (badges show it in lower case).
 STATUS_LABELS = dict(VersionStatus.choices)
 
@@ -55,6 +82,23 @@ def _version_for_user(request: HttpRequest, name: str, number: int) -> ModelVers
     if version is None:
         raise Http404(f"{name} has no version {number}")
     return version
+
+
+def _version_row_for_user(request: HttpRequest, name: str, number: int) -> ModelVersion:
+    """The bare version row (no prefetching), for the POST views that hand it to a service."""
+    model = _model_for_user(request, name)
+    version = ModelVersion.objects.filter(model=model, version=number).select_related("model").first()
+    if version is None:
+        raise Http404(f"{name} has no version {number}")
+    return version
+
+
+def _hook_for_user(request: HttpRequest, name: str, hook_id: int) -> Webhook:
+    model = _model_for_user(request, name, "manage")
+    hook = Webhook.objects.filter(model=model, pk=hook_id).select_related("model").first()
+    if hook is None:
+        raise Http404(f"{name} has no webhook {hook_id}")
+    return hook
 
 
 def _token_for_user(request: HttpRequest, key: str) -> ApiToken:
@@ -92,7 +136,12 @@ def model_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def model_detail(request: HttpRequest, name: str) -> HttpResponse:
-    model = _model_for_user(request, name)
+    return _model_page(request, _model_for_user(request, name))
+
+
+def _model_page(
+    request: HttpRequest, model: RegisteredModel, *, webhook_form: WebhookCreateForm | None = None
+) -> HttpResponse:
     form = VersionFilterForm(request.GET)
     status = form.cleaned_data["status"] if form.is_valid() else ""
     versions = selectors.version_list(model=model, status=[status] if status else None).prefetch_related(
@@ -110,8 +159,47 @@ def model_detail(request: HttpRequest, name: str) -> HttpResponse:
             "status": status,
             "page": Paginator(versions, PAGE_SIZE).get_page(request.GET.get("page")),
             "policy_json": _readable_policy(model.policy),
+            **_model_signoff(request, model, webhook_form),
         },
     )
+
+
+def _model_signoff(
+    request: HttpRequest, model: RegisteredModel, webhook_form: WebhookCreateForm | None
+) -> dict[str, Any]:
+    """What approvers (rollback) and owners (webhooks) see on the model page; nothing for others."""
+    new_hook = request.session.pop(NEW_WEBHOOK_SESSION_KEY, None)
+    if not selectors.user_can(request.user, model, "approve"):
+        return {}
+    context: dict[str, Any] = {"rollback_to": _rollback_target(model), "rollback_form": RollbackForm()}
+    if not selectors.user_can(request.user, model, "manage"):
+        return context
+    recent = WebhookDelivery.objects.order_by("-created_at", "-id")[:DELIVERIES_SHOWN]
+    return {
+        **context,
+        "hooks": model.webhooks.order_by("id").prefetch_related(
+            Prefetch("deliveries", queryset=recent, to_attr="recent")
+        ),
+        "webhook_form": webhook_form or WebhookCreateForm(),
+        "new_hook": new_hook if new_hook and new_hook["model"] == model.name else None,
+    }
+
+
+def _rollback_target(model: RegisteredModel) -> ModelVersion | None:
+    """The version a rollback would serve again: the one the last promotion replaced, if archived.
+
+    ``approval.rollback_request`` decides; this only says whether offering the button makes sense.
+    """
+    last = (
+        Promotion.objects.filter(model=model)
+        .exclude(version=None)
+        .select_related("previous")
+        .order_by("-at", "-id")
+        .first()
+    )
+    if last is None or last.previous is None or last.previous.status != VersionStatus.ARCHIVED:
+        return None
+    return last.previous
 
 
 # The policy's sections in the order DESIGN.md §5 and the docs present them.
@@ -170,8 +258,153 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
             "lineage": _lineage_lists(graph.nodes, graph.edges, f"version:{v.model.name}:{v.version}"),
             "aliases": [alias.name for alias in v.aliases.all()],
             "events": [(event, _compact_json(event.data)) for event in events],
+            **_version_signoff(request, v),
+            "exports": _export_rows(v),
         },
     )
+
+
+EXPORT_BADGES = {
+    "passed": "status-production",
+    "failed": "status-rejected",
+    "pending": "status-validating",
+    "running": "status-validating",
+    "not_applicable": "status-archived",
+}
+
+
+def _export_rows(version: ModelVersion) -> list[dict[str, Any]]:
+    """The export branches for the version page: status badge, size, parity numbers, runtime, download."""
+    api = reverse("api:version-detail", kwargs={"name": version.model.name, "version": version.version})
+    rows = []
+    for export in version.exports.all():  # prefetched by selectors.version_get
+        parity = export.parity or {}
+        timing = " + ".join(
+            f"{label} {ms / 1000:.1f} s"
+            for label, ms in (("convert", export.convert_ms), ("check", export.check_ms))
+            if ms is not None
+        )
+        rows.append(
+            {
+                "format": export.format,
+                "status": export.status,
+                "status_label": export.status.replace("_", " "),
+                "badge": EXPORT_BADGES.get(export.status, "status-archived"),
+                "required": export.required,
+                "size": export.size,
+                "max_abs_diff": _number(parity.get("max_abs_diff")),
+                "mean_abs_diff": _number(parity.get("mean_abs_diff")),
+                "atol": _number(parity.get("atol")),
+                "samples": parity.get("samples"),
+                "inputs": parity.get("inputs", ""),
+                "converter": parity.get("converter", ""),
+                "timing": timing,
+                "runtime": export.runtime,
+                "error": export.error,
+                "download_url": (
+                    f"{api}exports/{export.format}/artifact/"
+                    if export.status == "passed" and export.artifact_key and not export.purged_at
+                    else ""
+                ),
+            }
+        )
+    return rows
+
+
+def _version_signoff(request: HttpRequest, version: ModelVersion) -> dict[str, Any]:
+    """The sign-off block: this round's decisions, the quorum, and what the user may do about it."""
+    history = list(version.approvals.all())  # prefetched by selectors.version_get
+    if version.status != VersionStatus.AWAITING_APPROVAL:
+        return {"approval_history": history}
+    current = [a for a in history if a.round == version.approval_round]
+    mine = next((a for a in current if a.actor_name == request.user.get_username()), None)
+    count = approval.quorum(version)
+    summary = approval.evidence_summary(version)
+    return {
+        "approval_history": history,
+        "signoff": {
+            "current": current,
+            "quorum": count,
+            "percent": min(100, round(100 * count.approvals / count.required)),
+            "mine": mine,
+            # approval_record refuses whoever this names; the page only explains it beforehand.
+            "refusal": "" if mine else approval.approval_refusal(request.user, version),
+            "gates_line": approval.gates_line(summary),
+            "digest": approval.evidence_digest(summary),
+            "form": DecisionForm(),
+        },
+    }
+
+
+@login_required
+@require_POST
+def version_approve(request: HttpRequest, name: str, version: int) -> HttpResponse:
+    return _decide(request, name, version, Approval.Decision.APPROVE)
+
+
+@login_required
+@require_POST
+def version_reject(request: HttpRequest, name: str, version: int) -> HttpResponse:
+    return _decide(request, name, version, Approval.Decision.REJECT)
+
+
+def _decide(request: HttpRequest, name: str, number: int, decision: str) -> HttpResponse:
+    """Record a web decision through ``approval.approval_record``, which holds every rule."""
+    v = _version_row_for_user(request, name, number)
+    back = redirect("ui:version-detail", name=v.model.name, version=v.version)
+    form = DecisionForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Nothing recorded: {form.errors['comment'][0]}")
+        return back
+    try:
+        result = approval.approval_record(
+            version_id=v.pk,
+            user=request.user,
+            decision=decision,
+            channel=Approval.Channel.WEB,
+            comment=form.cleaned_data["comment"],
+        )
+    except approval.ApprovalRefused as exc:  # approval_record has audited the attempt
+        messages.error(request, f"You cannot sign off {v.label}: {exc.message}.")
+        return back
+    except Conflict as exc:
+        messages.error(request, f"Nothing recorded: {exc.message}.")
+        return back
+    messages.success(request, _decision_message(result))
+    return back
+
+
+def _decision_message(result: approval.Decision) -> str:
+    version, verb = result.version, "approved" if result.approval.decision == "approve" else "rejected"
+    if not result.created:
+        return f"You had already {verb} {version.label} in this round; nothing new was recorded."
+    if version.status == VersionStatus.PRODUCTION:
+        return f"You approved {version.label} ({result.quorum}): it is now in production and the champion."
+    if version.status == VersionStatus.REJECTED:
+        return f"You rejected {version.label}: it will not be promoted."
+    return f"You approved {version.label}: {result.quorum} approvals, it still awaits sign-off."
+
+
+@login_required
+@require_POST
+def model_rollback(request: HttpRequest, name: str) -> HttpResponse:
+    model = _model_for_user(request, name, "approve")
+    form = RollbackForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"Nothing requested: {form.errors['comment'][0]}")
+        return redirect("ui:model-detail", name=model.name)
+    try:
+        target = approval.rollback_request(
+            model=model, actor=request.user, comment=form.cleaned_data["comment"]
+        )
+    except (NotFound, Conflict) as exc:
+        messages.error(request, f"No rollback: {exc.message}.")
+        return redirect("ui:model-detail", name=model.name)
+    messages.success(
+        request,
+        f"Rollback to {target.label} requested: it serves again once approved ({approval.quorum(target)}).",
+    )
+    return redirect("ui:version-detail", name=model.name, version=target.version)
 
 
 @login_required
@@ -286,6 +519,91 @@ def _compact_json(value: Any) -> str:
     return json.dumps(value, separators=(", ", ": "), sort_keys=True, default=str)
 
 
+# --- the approvals inbox ------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def inbox(request: HttpRequest) -> HttpResponse:
+    """Versions awaiting the user's sign-off, oldest first, with their gates and quorum in one query."""
+    current_gates = Q(gate_results__attempt=F("gate_attempt"))
+    versions = approval.inbox(request.user).annotate(
+        # distinct: the gate and approval joins multiply each other's rows.
+        gates_passed=Count(
+            "gate_results", filter=current_gates & Q(gate_results__passed=True), distinct=True
+        ),
+        gates_skipped=Count(
+            "gate_results", filter=current_gates & Q(gate_results__passed__isnull=True), distinct=True
+        ),
+        gates_failed=Count(
+            "gate_results", filter=current_gates & Q(gate_results__passed=False), distinct=True
+        ),
+        approvals_so_far=Count(
+            "approvals",
+            filter=Q(approvals__round=F("approval_round"), approvals__decision=Approval.Decision.APPROVE),
+            distinct=True,
+        ),
+    )
+    page = Paginator(versions, PAGE_SIZE).get_page(request.GET.get("page"))
+    required: dict[int, int] = {}
+    rows = []
+    for v in page.object_list:
+        if v.model_id not in required:
+            required[v.model_id] = policy_parse(v.model.policy).approval.min_approvals
+        # What approval.quorum(v) says, from the annotation instead of one count per row.
+        rows.append({"version": v, "quorum": approval.Quorum(v.approvals_so_far, required[v.model_id])})
+    return render(request, "registry/inbox.html", {"page": page, "rows": rows})
+
+
+@require_GET
+def inbox_count(request: HttpRequest) -> HttpResponse:
+    """The top bar's badge, fetched by base.html's script after the page loads so that no page pays
+    for it."""
+    if not request.user.is_authenticated:
+        return HttpResponse("")  # a login redirect would be swapped into the top bar
+    return render(request, "registry/_inbox_count.html", {"count": approval.inbox(request.user).count()})
+
+
+# --- webhooks -----------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def webhook_create(request: HttpRequest, name: str) -> HttpResponse:
+    model = _model_for_user(request, name, "manage")
+    form = WebhookCreateForm(request.POST)
+    if not form.is_valid():
+        return _model_page(request, model, webhook_form=form)
+    hook = webhooks.webhook_create(
+        model=model, url=form.cleaned_data["url"], events=form.cleaned_data["events"], actor=request.user
+    )
+    # As with tokens: the secret rides in the session to the next page view only.
+    request.session[NEW_WEBHOOK_SESSION_KEY] = {"model": model.name, "url": hook.url, "secret": hook.secret}
+    return redirect(reverse("ui:model-detail", kwargs={"name": model.name}) + "#webhooks")
+
+
+@login_required
+@require_POST
+def webhook_delete(request: HttpRequest, name: str, hook_id: int) -> HttpResponse:
+    hook = _hook_for_user(request, name, hook_id)
+    webhooks.webhook_delete(hook=hook, actor=request.user)
+    messages.success(request, f"Webhook to {hook.url} deleted: it receives nothing more.")
+    return redirect(reverse("ui:model-detail", kwargs={"name": hook.model.name}) + "#webhooks")
+
+
+@login_required
+@require_POST
+def webhook_ping(request: HttpRequest, name: str, hook_id: int) -> HttpResponse:
+    hook = _hook_for_user(request, name, hook_id)
+    with transaction.atomic():
+        # Only this hook gets the ping, whatever events it subscribes to; it is sent once this commits.
+        (delivery,) = webhooks.webhooks_emit(
+            event="ping", model=hook.model, data={"hook": hook.pk}, only=hook
+        )
+    messages.success(request, f"Ping queued for {hook.url} (delivery {delivery.delivery_id}).")
+    return redirect(reverse("ui:model-detail", kwargs={"name": hook.model.name}) + "#webhooks")
+
+
 # --- API tokens ---------------------------------------------------------------------------------
 
 
@@ -307,20 +625,58 @@ def tokens(request: HttpRequest) -> HttpResponse:
             return redirect("ui:tokens")
     else:
         form = TokenCreateForm()
+    return _tokens_page(request, form=form)
+
+
+def _tokens_page(
+    request: HttpRequest,
+    *,
+    form: TokenCreateForm | None = None,
+    slack_form: SlackIdentityForm | None = None,
+) -> HttpResponse:
     new_token = request.session.pop(NEW_TOKEN_SESSION_KEY, None)
+    identity = SlackIdentity.objects.filter(user=request.user).first()
+    if slack_form is None:
+        initial = {"slack_user_id": identity.slack_user_id if identity else ""}
+        slack_form = SlackIdentityForm(user=request.user, initial=initial)
     now = timezone.now()
     return render(
         request,
         "registry/tokens.html",
         {
-            "form": form,
+            "form": form or TokenCreateForm(),
             "new_token": new_token,
             "tokens": [
                 (token, token.expiry is not None and token.expiry <= now)
                 for token in ApiToken.objects.filter(user=request.user).order_by("-created")
             ],
+            "slack_identity": identity,
+            "slack_form": slack_form,
         },
     )
+
+
+@login_required
+@require_POST
+def slack_identity(request: HttpRequest) -> HttpResponse:
+    """Link (or, with an empty id, unlink) the Slack account whose clicks count as this user's."""
+    form = SlackIdentityForm(request.POST, user=request.user)
+    if not form.is_valid():
+        return _tokens_page(request, slack_form=form)
+    slack_user_id = form.cleaned_data["slack_user_id"]
+    if not slack_user_id:
+        approval.slack_identity_set(user=request.user, slack_user_id="")
+        messages.success(
+            request, "Slack unlinked: Approve and Reject clicks in Slack no longer count as yours."
+        )
+        return redirect("ui:tokens")
+    try:
+        approval.slack_identity_set(user=request.user, slack_user_id=slack_user_id)
+    except IntegrityError:  # linked by someone else between the form's check and this write
+        form.add_error("slack_user_id", "This Slack member ID is already linked to another Modelgate user.")
+        return _tokens_page(request, slack_form=form)
+    messages.success(request, f"Slack member {slack_user_id} linked: its clicks in Slack now count as yours.")
+    return redirect("ui:tokens")
 
 
 @login_required

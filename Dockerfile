@@ -38,13 +38,18 @@ COPY client /tmp/client
 RUN pip install --no-deps /tmp/client \
  && pip check
 
+# --- node: the JS packages of the TF.js parity check (@tensorflow/tfjs, pure JS), from the lock file ---
+FROM node:20-bookworm-slim AS node
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund --ignore-scripts --omit=dev
+
 # --- final: the runtime ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS final
 
-# - nodejs: Debian's Node.js (18 on bookworm). The export branch will check the TF.js conversion by
+# - nodejs: Debian's Node.js (18 on bookworm). The export branch checks the TF.js conversion by
 #   loading it with @tensorflow/tfjs (pure JS) in Node, so the workers that run exports need it.
-#   npm is not installed: the JS packages, once the project pins them, will be installed in a build
-#   stage and copied in, like the Python virtualenv.
+#   npm is not installed: node_modules comes from the node stage, like the Python virtualenv.
 # - tini: PID 1. It forwards signals to gunicorn or Celery and reaps the subprocesses (converters,
 #   node) that the workers start.
 RUN apt-get update \
@@ -63,6 +68,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     WEB_CONCURRENCY=4
 
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=node /app/node_modules /app/node_modules
 
 WORKDIR /app
 # The code stays owned by root, so the processes cannot rewrite it; only var/ is theirs.

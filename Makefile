@@ -19,7 +19,12 @@ $(VENV)/.installed: $(BIN)/python requirements/lock.txt client/pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e client
 	touch $@
 
-install: $(VENV)/.installed
+# The TF.js parity check runs in Node with @tensorflow/tfjs (pure JS): installed from the lock file.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
+install: $(VENV)/.installed node_modules/.installed
 
 run: install
 	$(BIN)/python manage.py migrate --noinput

@@ -29,7 +29,6 @@ from registry.models import (
     Alias,
     Approval,
     EventKind,
-    Export,
     GateResult,
     ModelRole,
     ModelVersion,
@@ -299,26 +298,15 @@ def promote_when_ready(*, version: ModelVersion, actor: Actor) -> ModelVersion:
     current = quorum(version)
     if current.approvals < current.required:
         return version
-    required_ok = required_exports_ok(version)
+    from lifecycle import exports  # exports completes by calling back into this module
+
+    required_ok = exports.exports_required_ok(version)
     if required_ok is None:
         log.info("%s has its quorum; promotion waits for its required exports", version.label)
         return version
     if required_ok is False:
         return version  # the exports step rejects it
     return version_promote(version=version, actor=actor)
-
-
-def required_exports_ok(version: ModelVersion) -> bool | None:
-    """True when every export the policy requires passed, False when one failed, None while any runs."""
-    required = set(policy_parse(version.model.policy).exports.required)
-    if not required:
-        return True
-    states = dict(Export.objects.filter(version=version, format__in=required).values_list("format", "status"))
-    if any(states.get(fmt) in {Export.Status.FAILED, Export.Status.NOT_APPLICABLE} for fmt in required):
-        return False
-    if all(states.get(fmt) == Export.Status.PASSED for fmt in required):
-        return True
-    return None
 
 
 @transaction.atomic

@@ -97,7 +97,13 @@ ExportFormat = Literal["onnx", "tflite", "tflite-dynamic", "tfjs"]
 class Exports(_Strict):
     formats: list[ExportFormat] = []
     required: list[ExportFormat] = []
+    # Parity: each export runs on parity_samples inputs in its own runtime and may differ from the
+    # source model's outputs by at most its tolerance: parity_atol for float formats,
+    # parity_atol_quantized for quantised ones (tflite-dynamic), unless parity_atol_per_format names it.
     parity_atol: float = Field(default=1e-4, gt=0)
+    parity_atol_quantized: float = Field(default=1e-2, gt=0)
+    parity_atol_per_format: dict[ExportFormat, Annotated[float, Field(gt=0)]] = {}
+    parity_samples: int = Field(default=32, ge=1, le=10_000)
     opset: int = Field(default=17, ge=7, le=23)
 
     @model_validator(mode="after")

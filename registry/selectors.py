@@ -155,8 +155,9 @@ def _walk(version_id: int, direction: str, depth: int) -> dict[int, int]:
 def lineage_graph(version: ModelVersion, *, direction: str = "both", depth: int = 5) -> LineageGraph:
     """The lineage around ``version`` as nodes and edges, in a constant number of queries whatever the depth.
 
-    Versions are reached through parent links (one recursive CTE per direction); datasets hang off the
-    versions found. Node ids are ``version:<model>:<n>`` and ``dataset:<name>:<n>``.
+    Versions are reached through parent links (one recursive CTE per direction); datasets and exports
+    hang off the versions found. Node ids are ``version:<model>:<n>``, ``dataset:<name>:<n>`` and
+    ``export:<model>:<n>:<format>``.
     """
     found: dict[int, int] = {version.pk: 0}
     if direction in {"up", "both"}:
@@ -208,4 +209,18 @@ def lineage_graph(version: ModelVersion, *, direction: str = "both", depth: int 
                 }
             )
         graph.edges.append({"source": node_id, "target": ids[link.version_id], "kind": link.role})
+    for export in Export.objects.filter(version_id__in=found).only(
+        "id", "version_id", "format", "status", "sha256"
+    ):
+        node_id = f"export:{ids[export.version_id].removeprefix('version:')}:{export.format}"
+        graph.nodes.append(
+            {
+                "id": node_id,
+                "type": "export",
+                "format": export.format,
+                "status": export.status,
+                "sha256": export.sha256,
+            }
+        )
+        graph.edges.append({"source": ids[export.version_id], "target": node_id, "kind": "exported_to"})
     return graph

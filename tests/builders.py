@@ -613,3 +613,66 @@ def nested_subgraphs_onnx(tmp_path: Path, *, depth: int) -> Path:
     path = _out(tmp_path, f"nested_{depth}.onnx")
     path.write_bytes(model)
     return path
+
+
+# --------------------------------------------------------------------------------------
+# Export branches
+
+
+def small_conv2d_keras_model(tmp_path: Path, *, seed: int = 0, name: str = "conv2d.keras") -> Path:
+    """An untrained Conv2D image classifier on 8x8x1 inputs, saved as .keras.
+
+    Its Dense kernel (576x32) is large enough for dynamic-range quantisation to quantise it (the
+    converter leaves tensors under 1024 elements in float), so tflite-dynamic really differs.
+    """
+    _tf()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    image = keras.Input(shape=(8, 8, 1), name="image")
+    hidden = keras.layers.Conv2D(16, 3, activation="relu", name="conv")(image)
+    hidden = keras.layers.Flatten()(hidden)
+    hidden = keras.layers.Dense(32, activation="relu", name="hidden")(hidden)
+    outputs = keras.layers.Dense(3, activation="softmax", name="probabilities")(hidden)
+    path = _out(tmp_path, name)
+    keras.Model(image, outputs, name="small_conv2d").save(path)
+    return path
+
+
+def keras_model_without_tflite_kernels(tmp_path: Path, *, seed: int = 0) -> Path:
+    """A Keras model that resizes its input bicubically: TensorFlow's ``ResizeBicubic`` has no TFLite
+    builtin kernel (nor a TF.js one), so those conversions fail while tf2onnx converts it."""
+    _tf()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    image = keras.Input(shape=(8, 8, 1), name="image")
+    hidden = keras.layers.Resizing(4, 4, interpolation="bicubic", name="bicubic")(image)
+    hidden = keras.layers.Flatten()(hidden)
+    outputs = keras.layers.Dense(2, activation="softmax", name="probabilities")(hidden)
+    path = _out(tmp_path, f"bicubic-{seed}.keras")
+    keras.Model(image, outputs, name="bicubic").save(path)
+    return path
+
+
+def perturb_export_weights(path: Path, *, scale: float = 0.5, seed: int = 0) -> None:
+    """Add noise to an export's weights on disk, in place: the float32 shards of a TF.js model
+    directory, or the float initializers of an ONNX file."""
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    if path.is_dir():
+        for shard in sorted(path.glob("*.bin")):
+            weights = np.frombuffer(shard.read_bytes(), dtype=np.float32).copy()
+            weights += rng.normal(scale=scale, size=weights.shape).astype(np.float32)
+            shard.write_bytes(weights.tobytes())
+        return
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    for index, tensor in enumerate(model.graph.initializer):
+        values = numpy_helper.to_array(tensor)
+        if values.dtype == np.float32 and values.size > 1:
+            noisy = values + rng.normal(scale=scale, size=values.shape).astype(np.float32)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(noisy, tensor.name))
+    onnx.save(model, str(path))

@@ -431,6 +431,7 @@ def _follow(
     deadline = settings.clock() + timeout
     interval = POLL_FIRST
     shown_gates: set[tuple[Any, ...]] = set()
+    shown_exports: dict[str, str] = {}
     last_status: str | None = None
     while True:
         status = str(version.get("status"))
@@ -450,6 +451,8 @@ def _follow(
         if new:
             out.print(_gates_table(new))
             shown_gates.update(_gate_key(g) for g in new)
+        for line in _export_changes(version.get("exports") or [], shown_exports):
+            out.print(line, soft_wrap=True)
 
         if _reached(status, until):
             out.print(Text(f"{model} v{number} is {status}", style="bold green"), soft_wrap=True)
@@ -479,7 +482,9 @@ def _explain_rejection(out: Console, model: str, number: Any, version: dict[str,
     for gate in failed:
         out.print(Text(f"  ✗ {_describe_gate(gate)}", style="red"), soft_wrap=True)
     for export in version.get("exports") or []:
-        if export.get("status") == "failed" or export.get("error"):
+        if export.get("status") == "failed" or (
+            export.get("required") and export.get("status") == "not_applicable"
+        ):
             problem = export.get("error") or export.get("status")
             out.print(
                 Text(f"  ✗ export {export.get('format')}: {problem}", style="red"),
@@ -488,6 +493,47 @@ def _explain_rejection(out: Console, model: str, number: Any, version: dict[str,
     shadow = version.get("shadow")
     if isinstance(shadow, dict) and shadow.get("verdict") not in (None, "", "pass", "passed", "ok"):
         out.print(Text(f"  ✗ shadow verdict: {shadow.get('verdict')}", style="red"), soft_wrap=True)
+
+
+# -- exports (shown by push --wait as their states change) --
+
+
+def _export_changes(exports: Iterable[Mapping[str, Any]], shown: dict[str, str]) -> list[Text]:
+    """One line per export whose status changed since the last poll; ``shown`` remembers them."""
+    lines = []
+    for export in exports:
+        fmt, status = str(export.get("format")), str(export.get("status"))
+        if shown.get(fmt) == status:
+            continue
+        shown[fmt] = status
+        required = " (required)" if export.get("required") else ""
+        lines.append(
+            Text(f"  export {fmt}{required}: {status}{_export_detail(export)}", style=_export_style(status))
+        )
+    return lines
+
+
+def _export_detail(export: Mapping[str, Any]) -> str:
+    parity = export.get("parity") or {}
+    if export.get("status") == "passed" and isinstance(parity, dict):
+        return (
+            f" — max |diff| {_num(parity.get('max_abs_diff'))} ≤ atol {_num(parity.get('atol'))}"
+            f" in {export.get('runtime') or '?'}, {_size(export.get('size')) or '?'}"
+        )
+    if export.get("error"):
+        return f" — {export['error']}"
+    return ""
+
+
+def _parity_summary(parity: Any) -> str:
+    if not isinstance(parity, dict) or parity.get("max_abs_diff") is None:
+        return ""
+    samples = f" over {parity['samples']}" if parity.get("samples") else ""
+    return f"max |diff| {_num(parity['max_abs_diff'])} (atol {_num(parity.get('atol'))}){samples}"
+
+
+def _export_style(status: str) -> str:
+    return {"passed": "green", "failed": "red", "not_applicable": "dim"}.get(status, "yellow")
 
 
 def _describe_gate(gate: Mapping[str, Any]) -> str:
@@ -729,19 +775,17 @@ def _render_version(console: Console, version: Mapping[str, Any]) -> None:
     exports = version.get("exports") or []
     if exports:
         table = Table(title="exports", title_justify="left")
-        for column in ("format", "status", "size", "parity", "error"):
+        for column in ("format", "status", "size", "parity", "runtime", "error"):
             table.add_column(column)
         for e in exports:
-            parity = e.get("parity") or {}
             table.add_row(
-                str(e.get("format")),
+                str(e.get("format")) + (" (required)" if e.get("required") else ""),
                 str(e.get("status")),
                 _size(e.get("size")) or "",
-                ", ".join(f"{k}={_num(v)}" for k, v in parity.items())
-                if isinstance(parity, dict)
-                else str(parity),
+                _parity_summary(e.get("parity")),
+                str(e.get("runtime") or ""),
                 str(e.get("error") or ""),
-                style="red" if e.get("status") == "failed" or e.get("error") else None,
+                style="red" if e.get("status") == "failed" else None,
             )
         console.print(table)
     shadow = version.get("shadow")

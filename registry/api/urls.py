@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from registry.api import signoff
+from registry.api import exports, signoff
 from registry.api import views as v
 
 urlpatterns = [
@@ -58,6 +58,7 @@ urlpatterns = [
         signoff.WebhookPingView.as_view(),
         name="webhook-ping",
     ),
+    *exports.urlpatterns,
     path("versions/", v.CrossVersionListView.as_view(), name="versions"),
     path("datasets/", v.DatasetListView.as_view(), name="dataset-list"),
     path("datasets/<slug:name>/<int:version>/", v.DatasetDetailView.as_view(), name="dataset-detail"),

@@ -464,7 +464,11 @@ def _lineage_lists(nodes: list[dict], edges: list[dict], root: str) -> dict[str,
         for edge in edges
         if edge["target"] == root and by_id[edge["source"]]["type"] == "dataset"
     ]
-    version_edges = [edge for edge in edges if by_id[edge["source"]]["type"] == "version"]
+    version_edges = [
+        edge
+        for edge in edges
+        if by_id[edge["source"]]["type"] == "version" and by_id[edge["target"]]["type"] == "version"
+    ]
     parents_of: dict[str, list[dict]] = {}
     children_of: dict[str, list[dict]] = {}
     for edge in version_edges:

@@ -437,3 +437,23 @@ def test_without_slack_the_page_and_api_are_the_paths_and_the_logs_say_so_once(
     assert slack_server.calls == []
     response = approver.client.post("/api/v1/models/fraud/versions/1/approve/", {}, format="json")
     assert response.status_code == 201 and response.json()["version"]["status"] == "production"
+
+
+def test_a_quorum_reached_while_a_required_export_runs_promotes_when_the_export_passes(fraud_model, owner, approver):
+    from lifecycle.exports import exports_complete
+    from registry.models import Export
+
+    set_policy(owner, {"exports": {"formats": ["onnx"], "required": ["onnx"]}})
+    version = awaiting(fraud_model, 1)
+    export = Export.objects.create(version=version, format="onnx", status="running", required=True)
+
+    approval.approval_record(version_id=version.pk, user=approver.user, decision="approve", channel="api")
+    version.refresh_from_db()
+    assert version.status == "awaiting_approval"  # 1 of 1, but the required export is not done
+
+    Export.objects.filter(pk=export.pk).update(status="passed")
+    exports_complete(version.pk)
+
+    version.refresh_from_db()
+    assert version.status == "production"
+    assert Promotion.objects.get(model=fraud_model).actor == "system:exports"

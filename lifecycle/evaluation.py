@@ -90,11 +90,18 @@ def _read_csv(
 def _read_parquet(
     path: Path, label: str, features: list[str] | None, slice_columns: list[str]
 ) -> Iterator[Chunk]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     source = pq.ParquetFile(path)
+    schema = source.schema_arrow
+    numeric = {
+        f.name
+        for f in schema
+        if pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
+    }
     chosen = _columns_for(
-        source.schema_arrow.names, label=label, features=features, slice_columns=slice_columns
+        schema.names, numeric=numeric, label=label, features=features, slice_columns=slice_columns
     )
     wanted = list(dict.fromkeys([*chosen, label, *slice_columns]))
     for batch in source.iter_batches(batch_size=CHUNK_ROWS, columns=wanted):

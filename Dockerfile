@@ -98,5 +98,5 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
 ENTRYPOINT ["/usr/bin/tini", "--"]
 # Uploads of several GiB stream through the web workers, hence the long timeout (as in the Procfile).
 # WEB_CONCURRENCY sets the number of gunicorn workers.
-CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--timeout", "600", \
+CMD ["gunicorn", "config.wsgi", "--bind", "0.0.0.0:8000", "--timeout", "600", "--threads", "4", \
      "--worker-tmp-dir", "/dev/shm", "--access-logfile", "-"]

@@ -51,24 +51,25 @@ class Upload:
 # --- models -------------------------------------------------------------------------------------
 
 
-@transaction.atomic
 def model_create(
     *, name: str, actor: AbstractBaseUser, description: str = "", tags: list[str] | None = None, policy: dict
 ) -> RegisteredModel:
-    """Create a registered model; its creator becomes its owner. ``policy`` is already validated."""
-    if RegisteredModel.objects.filter(name=name).exists():
-        raise Conflict(f"a model named {name!r} already exists", code="exists")
+    """Create a registered model; its creator becomes its owner. ``policy`` is already validated.
+
+    One transaction for the model, the owner role and the audit event; the unique name is the check
+    (an IntegrityError is the 409), so there is no racy exists() before it.
+    """
     try:
         with transaction.atomic():
             model = RegisteredModel.objects.create(
                 name=name, description=description, tags=tags or [], policy=policy, created_by=actor
             )
-    except IntegrityError:  # lost a race with another create of the same name
+            ModelRole.objects.create(model=model, user=actor, role=Role.OWNER)
+            event_record(
+                kind=EventKind.MODEL_CREATED, actor=actor, model=model, data={"name": name, "policy": policy}
+            )
+    except IntegrityError:
         raise Conflict(f"a model named {name!r} already exists", code="exists") from None
-    ModelRole.objects.create(model=model, user=actor, role=Role.OWNER)
-    event_record(
-        kind=EventKind.MODEL_CREATED, actor=actor, model=model, data={"name": name, "policy": policy}
-    )
     return model
 
 

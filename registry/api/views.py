@@ -93,8 +93,10 @@ def model_context(models: list[RegisteredModel]) -> dict:
     return {"counts": counts, "champions": champions}
 
 
-def _model_response(model: RegisteredModel, code: int = 200) -> Response:
-    return Response(s.ModelOutSerializer(model, context=model_context([model])).data, status=code)
+def _model_response(model: RegisteredModel, code: int = 200, *, new: bool = False) -> Response:
+    # A model created this instant has no versions and no champion: no need to ask the database.
+    context = {"counts": {}, "champions": {}} if new else model_context([model])
+    return Response(s.ModelOutSerializer(model, context=context).data, status=code)
 
 
 class ModelListView(APIView):
@@ -127,7 +129,7 @@ class ModelListView(APIView):
             policy=policy,
             actor=request.user,
         )
-        return _model_response(model, status.HTTP_201_CREATED)
+        return _model_response(model, status.HTTP_201_CREATED, new=True)
 
 
 class ModelDetailView(APIView):

@@ -439,7 +439,9 @@ def test_without_slack_the_page_and_api_are_the_paths_and_the_logs_say_so_once(
     assert response.status_code == 201 and response.json()["version"]["status"] == "production"
 
 
-def test_a_quorum_reached_while_a_required_export_runs_promotes_when_the_export_passes(fraud_model, owner, approver):
+def test_a_quorum_reached_while_a_required_export_runs_promotes_when_the_export_passes(
+    fraud_model, owner, approver
+):
     from lifecycle.exports import exports_complete
     from registry.models import Export
 

@@ -7,13 +7,11 @@ fetch nothing from outside the live server, and screenshots land in ``test-resul
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from lifecycle import approval
 from lifecycle.states import version_transition
@@ -28,59 +26,17 @@ from registry.models import (
     Webhook,
     WebhookDelivery,
 )
+from tests.ui.conftest import screenshot
 from tests.ui.factories import GateResultFactory, PushedVersionFactory, make_champion
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _async_unsafe_db() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        yield
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser, live_server) -> Iterator[Page]:
-    context = browser.new_context(base_url=live_server.url, viewport={"width": 1360, "height": 900})
-    outside: list[str] = []
-
-    def local_only(route: Route) -> None:
-        if route.request.url.startswith(live_server.url):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    context.route("**/*", local_only)
-    page = context.new_page()
-    yield page
-    context.close()
-    assert not outside, f"the page fetched from outside the server: {outside}"
-
-
 def shot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"ui-signoff-{name}.png"), full_page=True)
+    screenshot(page, f"ui-signoff-{name}")
 
 
 @pytest.fixture

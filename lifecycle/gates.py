@@ -309,18 +309,15 @@ def _dataset_outcomes(index: int, gate: Any, scored: _Scored, ctx: GateContext) 
     outcomes = []
     for label, mask in _slices_of(gate, scored):
         rows = int(len(scored.labels) if mask is None else mask.sum())
-        if mask is not None and rows < gate.min_slice_rows:
-            outcomes.append(
-                GateOutcome(
-                    index,
-                    gate.kind,
-                    None,
-                    metric=gate.metric,
-                    slice=label,
-                    rows=rows,
-                    skipped_reason=f"only {rows} rows (< min_slice_rows {gate.min_slice_rows}): reported, not judged",
-                )
+
+        def not_judged(why: str, label: str = label, rows: int = rows) -> GateOutcome:
+            return GateOutcome(
+                index, gate.kind, None, metric=gate.metric, slice=label, rows=rows, skipped_reason=why
             )
+
+        if mask is not None and rows < gate.min_slice_rows:
+            why = f"only {rows} rows (< min_slice_rows {gate.min_slice_rows}): reported, not judged"
+            outcomes.append(not_judged(why))
             continue
         pick = (lambda a: a) if mask is None else (lambda a, m=mask: a[m])
         try:
@@ -334,17 +331,7 @@ def _dataset_outcomes(index: int, gate: Any, scored: _Scored, ctx: GateContext) 
                 )
         except evaluation.EvaluationError as exc:
             if mask is not None:  # e.g. roc_auc on a slice holding one class: report, do not judge
-                outcomes.append(
-                    GateOutcome(
-                        index,
-                        gate.kind,
-                        None,
-                        metric=gate.metric,
-                        slice=label,
-                        rows=rows,
-                        skipped_reason=str(exc),
-                    )
-                )
+                outcomes.append(not_judged(str(exc)))
             else:
                 outcomes.append(
                     GateOutcome(

@@ -15,10 +15,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from lifecycle import gates
+from lifecycle.leases import lease_claim
 from lifecycle.policy import policy_parse
 from lifecycle.states import PIPELINE_STATES, TransitionNotAllowed, version_transition
 from registry.events import event_record
@@ -81,14 +82,9 @@ def version_push(*, model, upload: Upload, metadata: dict, actor, idempotency_ke
 def validation_claim(version_id: int, *, now: dt.datetime | None = None) -> ModelVersion | None:
     """Claim the version's validation step; None when another worker holds it or nothing is left."""
     now = now or timezone.now()
-    lease = now + dt.timedelta(seconds=settings.MODELGATE_TASK_LEASE_SECONDS)
     with transaction.atomic():
-        claimed = (
-            ModelVersion.objects.filter(pk=version_id, status__in=PIPELINE_STATES)
-            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
-            .update(lease_expires_at=lease, task_attempts=F("task_attempts") + 1)
-        )
-        if claimed != 1:
+        rows = ModelVersion.objects.filter(pk=version_id, status__in=PIPELINE_STATES)
+        if not lease_claim(rows, attempts_field="task_attempts", now=now):
             return None
         version = ModelVersion.objects.select_related("model").get(pk=version_id)
         if version.task_attempts > settings.MODELGATE_MAX_TASK_ATTEMPTS:

@@ -33,12 +33,13 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from lifecycle import runtimes, webhooks
 from lifecycle.exports import onnx, parity, savedmodel, tfjs, tflite
 from lifecycle.exports.errors import ConversionFailed, NotApplicable, not_the_models_fault
+from lifecycle.leases import lease_claim
 from lifecycle.policy import Exports, Policy, policy_parse
 from lifecycle.states import TransitionNotAllowed, version_transition
 from registry.events import event_record
@@ -322,14 +323,9 @@ def export_claim(export_id: int, *, now: dt.datetime | None = None) -> Export | 
     ``MODELGATE_MAX_TASK_ATTEMPTS`` attempts instead of looping.
     """
     now = now or timezone.now()
-    lease = now + dt.timedelta(seconds=settings.MODELGATE_TASK_LEASE_SECONDS)
     with transaction.atomic():
-        claimed = (
-            Export.objects.filter(pk=export_id, status__in=UNFINISHED)
-            .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
-            .update(status=Export.Status.RUNNING, lease_expires_at=lease, attempts=F("attempts") + 1)
-        )
-        if claimed != 1:
+        rows = Export.objects.filter(pk=export_id, status__in=UNFINISHED)
+        if not lease_claim(rows, attempts_field="attempts", now=now, status=Export.Status.RUNNING):
             return None
         export = Export.objects.select_related("version__model").get(pk=export_id)
         if export.attempts > settings.MODELGATE_MAX_TASK_ATTEMPTS:

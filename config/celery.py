@@ -9,8 +9,8 @@ from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-# Task modules: the pipeline (gates, reconciler), the export branches, sign-off and webhooks.
-app = Celery("modelgate", include=["workers.tasks", "workers.exports", "workers.approvals"])
+# Task modules: the pipeline (gates, reconciler), the export branches, sign-off and webhooks, shadows.
+app = Celery("modelgate", include=["workers.tasks", "workers.exports", "workers.approvals", "workers.shadow"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 QUEUES = ("pipeline", "gates", "exports", "shadow", "maintenance")
@@ -24,6 +24,7 @@ app.conf.update(
         "workers.tasks.reconcile_pipeline": {"queue": "pipeline"},
         "workers.exports.*": {"queue": "exports"},
         "workers.approvals.*": {"queue": "pipeline"},
+        "workers.shadow.*": {"queue": "shadow"},
     },
     # A task is acknowledged only once it has finished, and a worker that dies mid-task (SIGKILL, OOM)
     # hands its message back instead of losing it. The database lease and attempt counter make the

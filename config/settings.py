@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "registry",
     "lifecycle",
     "workers",
+    "serving",
 ]
 
 MIDDLEWARE = [
@@ -175,6 +176,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "workers.approvals.expire_approvals",
         "schedule": env.float("MODELGATE_RECONCILE_SECONDS", default=60.0),
     },
+    "shadow-evaluation": {
+        "task": "workers.shadow.evaluate_shadows",
+        "schedule": env.float("MODELGATE_SHADOW_SECONDS", default=30.0),
+    },
     "webhook-retries": {
         "task": "workers.approvals.retry_webhooks",
         "schedule": env.float("MODELGATE_WEBHOOK_RETRY_SECONDS", default=15.0),
@@ -193,6 +198,16 @@ MODELGATE_RETRY_DELAY_SECONDS = env.int("MODELGATE_RETRY_DELAY_SECONDS", default
 # How long a registered version may wait for its first task before the reconciler enqueues it again.
 MODELGATE_RECONCILE_GRACE_SECONDS = env.int("MODELGATE_RECONCILE_GRACE_SECONDS", default=60)
 MODELGATE_GATE_TIME_LIMIT = env.int("MODELGATE_GATE_TIME_LIMIT", default=15 * 60)
+
+# --- Serving ---------------------------------------------------------------------------------------
+# Sampled requests and prediction counts are buffered in the web process and written in one bulk
+# insert this often (or sooner when the buffer holds CAPTURE_BATCH requests).
+MODELGATE_CAPTURE_FLUSH_SECONDS = env.float("MODELGATE_CAPTURE_FLUSH_SECONDS", default=0.5)
+MODELGATE_CAPTURE_BATCH = env.int("MODELGATE_CAPTURE_BATCH", default=500)
+# While the database is away the buffer keeps at most this many requests, then drops the oldest.
+MODELGATE_CAPTURE_MAX_BUFFER = env.int("MODELGATE_CAPTURE_MAX_BUFFER", default=50_000)
+MODELGATE_PREDICT_MAX_ROWS = env.int("MODELGATE_PREDICT_MAX_ROWS", default=10_000)
+MODELGATE_SERVING_CACHE_SIZE = env.int("MODELGATE_SERVING_CACHE_SIZE", default=4)
 
 # --- API -------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

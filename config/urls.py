@@ -7,6 +7,7 @@ from registry.api.signoff import slack_interactions
 
 urlpatterns = [
     path("api/v1/", include(("registry.api.urls", "api"))),
+    path("api/v1/", include(("serving.urls", "serving"))),
     path("slack/interactions/", slack_interactions, name="slack-interactions"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

@@ -74,21 +74,44 @@ def evidence_summary(version: ModelVersion) -> dict[str, Any]:
         {"format": e.format, "status": e.status, "max_abs_diff": (e.parity or {}).get("max_abs_diff")}
         for e in version.exports.order_by("format")
     ]
-    skipped = (
-        version.events.filter(kind=EventKind.STAGE_SKIPPED)
-        .order_by("-id")
-        .values_list("data", flat=True)
-        .first()
-    )
     return {
         "model": version.model.name,
         "version": version.version,
         "sha256": version.sha256,
         "gate_attempt": version.gate_attempt,
         "gates": gates,
-        "shadow": {"verdict": "skipped", "reason": (skipped or {}).get("reason", "")},
+        "shadow": shadow_evidence(version),
         "exports": exports,
         "rollback": version.is_rollback,
+    }
+
+
+def shadow_evidence(version: ModelVersion) -> dict[str, Any]:
+    """The shadow verdict and its numbers, or why the stage was skipped."""
+    from lifecycle import shadow
+
+    run = shadow.shadow_latest(version)
+    if run is None or run.status == run.Status.RUNNING:
+        skipped = (
+            version.events.filter(kind=EventKind.STAGE_SKIPPED)
+            .order_by("-id")
+            .values_list("data", flat=True)
+            .first()
+        )
+        return {"verdict": "skipped", "reason": (skipped or {}).get("reason", "")}
+    summary = run.summary or {}
+    latency = summary.get("latency_ms") or {}
+    return {
+        "verdict": run.status,
+        "reason": run.reason,
+        "baseline": run.baseline.version,
+        "requests": run.requests,
+        "rows": run.rows,
+        "agreement": summary.get("agreement"),
+        "p95_latency_ratio": latency.get("p95_ratio"),
+        "errors": run.errors,
+        "labelled": summary.get("labelled"),
+        "warning": summary.get("warning", ""),
     }
 
 
@@ -339,6 +362,9 @@ def version_promote(*, version: ModelVersion, actor: Actor) -> ModelVersion:
     Promotion.objects.create(
         model_id=version.model_id, version=promoted, previous=previous, kind=kind, actor=actor_label(actor)
     )
+    from lifecycle import shadow  # shadows against the old champion re-pair with the new one
+
+    shadow.shadows_repair(model_id=version.model_id, champion=promoted, actor=actor)
     event_record(
         kind=EventKind.VERSION_PROMOTED,
         actor=actor,

@@ -15,9 +15,11 @@ from django.conf import settings
 from django.db.models import F, Q, QuerySet
 
 
-def lease_claim(rows: QuerySet, *, attempts_field: str, now: dt.datetime, **also: Any) -> bool:
+def lease_claim(
+    rows: QuerySet, *, attempts_field: str, now: dt.datetime, seconds: float | None = None, **also: Any
+) -> bool:
     """Claim the single row of ``rows`` if its lease is free or expired; count the attempt."""
-    lease = now + dt.timedelta(seconds=settings.MODELGATE_TASK_LEASE_SECONDS)
+    lease = now + dt.timedelta(seconds=seconds or settings.MODELGATE_TASK_LEASE_SECONDS)
     claimed = rows.filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)).update(
         lease_expires_at=lease, **{attempts_field: F(attempts_field) + 1}, **also
     )

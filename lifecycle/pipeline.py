@@ -1,5 +1,7 @@
 """The pipeline: push → validating → (rejected | shadowing | awaiting_approval), and its reconciler.
 
+Shadowing itself lives in ``lifecycle.shadow``; this module hands a version over to it.
+
 Work is handed to Celery by task name once the transaction that created it commits. Every step
 claims its version with a compare-and-set lease, so a duplicate delivery does nothing, and a worker
 that died leaves a lease that expires and is handed out again by ``pipeline_reconcile``. A step that
@@ -113,15 +115,13 @@ def validation_claim(version_id: int, *, now: dt.datetime | None = None) -> Mode
     return version
 
 
-def _shadow_skipped(version: ModelVersion) -> str:
-    """Why the shadow stage is skipped (this release has no serving stack, so it always is)."""
-    policy = policy_parse(version.model.policy)
-    champion = model_champion(version.model)
+def _shadow_skipped(version: ModelVersion, champion: ModelVersion | None) -> str:
+    """Why the shadow stage is skipped; an empty string when the version shadows its champion."""
     if champion is None or champion.pk == version.pk:
         return "no champion: the first version of a model has nothing to shadow"
-    if not policy.shadow.enabled:
-        return "shadowing not configured: the policy turns it off"
-    return "shadowing not configured: no serving stack is installed in this release"
+    if not policy_parse(version.model.policy).shadow.enabled:
+        return "shadowing is turned off by the policy (shadow.enabled: false)"
+    return ""
 
 
 @transaction.atomic
@@ -189,7 +189,13 @@ def validation_finish(*, version_id: int, attempt: int, evaluation: gates.Evalua
     if policy_parse(version.model.policy).exports.formats:
         # Export branches run beside the next stages; they do not hold them up.
         enqueue_on_commit(START_EXPORTS, version.pk)
-    skipped = _shadow_skipped(version)
+    champion = model_champion(version.model)
+    skipped = _shadow_skipped(version, champion)
+    if not skipped:
+        from lifecycle import shadow
+
+        shadow.shadow_start(version=version, champion=champion, actor=GATES_ACTOR)
+        return ModelVersion.objects.select_related("model").get(pk=version.pk)
     event_record(
         kind=EventKind.STAGE_SKIPPED,
         actor=GATES_ACTOR,

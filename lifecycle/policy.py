@@ -122,6 +122,16 @@ class Shadow(_Strict):
     min_agreement: float = Field(default=0.98, ge=0, le=1)
     max_p95_latency_ratio: float = Field(default=1.5, gt=0)
     on_insufficient: Literal["reject", "approve_anyway"] = "reject"
+    # How outputs are compared: classes (argmax, or the 0.5 threshold of one sigmoid) for classifiers,
+    # |candidate - champion| <= tolerance for regressors; "auto" decides from the policy's metric gates
+    # and the output shape.
+    task: Literal["auto", "classification", "regression"] = "auto"
+    tolerance: float = Field(default=0.01, gt=0)
+    # Traffic from this many hours before the shadow began is replayed too (0: only new traffic).
+    replay_hours: float = Field(default=24, ge=0)
+    # With labels, the candidate may be this much worse than the champion on the labelled subset (the
+    # no_regression gate's metric and max_drop win when the policy has one).
+    max_metric_drop: float = Field(default=0.01, ge=0)
 
 
 class Approval(_Strict):

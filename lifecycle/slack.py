@@ -95,7 +95,7 @@ def message_blocks(version: ModelVersion) -> tuple[str, list[dict[str, Any]]]:
                 {"type": "mrkdwn", "text": f"*Gates*\n{approval.gates_line(summary)}"},
                 {
                     "type": "mrkdwn",
-                    "text": f"*Shadow*\n{summary['shadow']['verdict']}: {summary['shadow']['reason']}"[:1900],
+                    "text": _shadow_text(summary["shadow"]),
                 },
                 {"type": "mrkdwn", "text": f"*Exports*\n{exports}"[:1900]},
             ],
@@ -266,3 +266,10 @@ def parse(payload_text: str) -> Click:
 def user_for(click: Click):
     identity = SlackIdentity.objects.select_related("user").filter(slack_user_id=click.slack_user).first()
     return identity.user if identity else None
+
+
+def _shadow_text(shadow: dict[str, Any]) -> str:
+    text = f"*Shadow*\n{shadow['verdict']}: {shadow['reason']}"
+    if shadow.get("warning"):
+        text += f"\n:warning: {shadow['warning']}"
+    return text[:1900]

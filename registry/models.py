@@ -238,6 +238,82 @@ class Usage(models.Model):
         constraints = [models.UniqueConstraint(fields=["version", "day"], name="uniq_usage_version_day")]
 
 
+class TrafficRecord(models.Model):
+    """One request's inputs, as served by the champion (``live``) or uploaded (``recorded``).
+
+    Shadows replay these: the candidate runs on ``inputs``; ``outputs`` are the champion's answers as
+    served by ``served_by``, reused when that version is the shadow's baseline. ``labels`` (ground truth,
+    one per row) may arrive later, by ``request_id``; ``metadata`` holds the request's slice fields.
+    """
+
+    class Source(models.TextChoices):
+        LIVE = "live"
+        RECORDED = "recorded"
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="traffic")
+    request_id = models.CharField(max_length=64)
+    source = models.CharField(max_length=8, choices=Source.choices)
+    inputs = models.JSONField()  # a batch: [[...], ...], or {name: batch} for multi-input models
+    rows = models.PositiveIntegerField()
+    outputs = models.JSONField(null=True, blank=True)
+    served_by = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    latency_ms = models.FloatField(null=True, blank=True)
+    labels = models.JSONField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "request_id"], name="uniq_traffic_model_request")
+        ]
+        indexes = [models.Index(fields=["model", "id"], name="traffic_model_id")]
+
+
+class ShadowRun(models.Model):
+    """A candidate answering beside the champion on the model's traffic, and the statistics it ends on.
+
+    ``cursor`` is the last TrafficRecord id folded into ``stats``; both move in one transaction, so a
+    batch is counted once whatever happens to the worker. ``summary`` is what people read.
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        PASSED = "passed"
+        FAILED = "failed"
+        INSUFFICIENT = "insufficient"  # max_days passed before min_requests
+        SUPERSEDED = "superseded"  # the baseline stopped serving; a new run pairs with the new champion
+        CANCELLED = "cancelled"  # the candidate left shadowing (e.g. a required export failed)
+
+    candidate = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="shadow_runs")
+    baseline = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    sources = models.JSONField(default=list)  # ["live", "recorded"]
+    since = models.DateTimeField()  # traffic at or after this joins the run's pool
+    cursor = models.BigIntegerField(default=0)
+    requests = models.PositiveIntegerField(default=0)
+    rows = models.PositiveBigIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    stats = models.JSONField(default=dict, blank=True)  # accumulators (reservoirs, per-slice counts)
+    summary = models.JSONField(default=dict, blank=True)  # agreement, diffs, shift, latency, slices…
+    reason = models.TextField(blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["candidate"], condition=Q(status="running"), name="one_running_shadow_per_candidate"
+            )
+        ]
+        indexes = [models.Index(fields=["status", "id"], name="shadow_status_id")]
+
+
 class GateResult(models.Model):
     """One gate's outcome for one slice in one validation attempt. ``passed`` is None when not judged."""
 
@@ -424,6 +500,10 @@ class EventKind(models.TextChoices):
     WEBHOOK_CREATED = "webhook.created"
     WEBHOOK_DELETED = "webhook.deleted"
     SLACK_IDENTITY_SET = "slack.identity_set"
+    SHADOW_STARTED = "shadow.started"
+    SHADOW_COMPLETED = "shadow.completed"
+    SHADOW_ENDED = "shadow.ended"  # superseded by a promotion, or its candidate left shadowing
+    TRAFFIC_UPLOADED = "traffic.uploaded"
 
 
 class Event(models.Model):

@@ -193,6 +193,36 @@ def tiny_onnx_model(
     return path
 
 
+def threshold_onnx_classifier(
+    tmp_path: Path, *, scale: float = 1.0, shift: float = 0.0, name: str = "threshold.onnx"
+) -> Path:
+    """A two-class softmax over logits [0, scale * x0 - shift] on 4 features: class 1 when x0 > shift/scale.
+
+    Two of these with different ``shift`` disagree exactly on the rows whose x0 falls between the two
+    thresholds, so a test can choose how much a candidate disagrees with its champion.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.zeros((4, 2), dtype=np.float32)
+    weights[0, 1] = scale
+    bias = np.array([0.0, -shift], dtype=np.float32)
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("MatMul", ["features", "W"], ["logits_raw"]),
+            helper.make_node("Add", ["logits_raw", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["output_0"], axis=-1),
+        ],
+        name="threshold_classifier",
+        inputs=[helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4])],
+        outputs=[helper.make_tensor_value_info("output_0", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    path = _out(tmp_path, name)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def _tiny_onnx_proto(n_features: int, n_outputs: int, seed: int) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 

@@ -247,7 +247,9 @@ class VersionOutSerializer(VersionSummarySerializer):
         ]
 
     def get_shadow(self, obj: ModelVersion) -> dict | None:
-        return None
+        from lifecycle import shadow
+
+        return shadow.shadow_json(shadow.shadow_latest(obj))
 
     def get_approvals(self, obj: ModelVersion) -> list[dict]:
         return [

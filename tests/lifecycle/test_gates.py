@@ -142,7 +142,7 @@ def test_no_regression_passes_a_candidate_at_least_as_good(
     push(publisher.client, "fraud", trained["good"])
     better = wait_for_status("fraud", 2)
 
-    assert better.status == "awaiting_approval", better.status_reason
+    assert better.status == "shadowing", better.status_reason  # gates passed: it shadows the champion
     gate = GateResult.objects.get(version=better, gate="no_regression", slice="")
     assert gate.passed is True and gate.value > gate.baseline
 

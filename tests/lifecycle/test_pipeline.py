@@ -118,11 +118,11 @@ def test_a_version_whose_signature_differs_from_the_champion_is_rejected(
 
     assert version.status == "rejected"
     assert "signature differs from the champion v1" in version.status_reason
-    # With a champion the shadow stage is still skipped in this release, and the reason says so.
+    # With a champion a version that passes its gates goes on to shadow it.
     push(publisher.client, "fraud", builders.tiny_onnx_model(tmp_path / "3", n_features=4, seed=3))
     third = wait_for_status("fraud", 3)
-    assert third.status == "awaiting_approval"
-    assert third.status_reason.startswith("shadowing not configured")
+    assert third.status == "shadowing"
+    assert third.shadow_runs.get().baseline.version == 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,0 +1,661 @@
+"""Auto-shadow: a candidate answers beside the champion on real traffic, and the numbers end in a verdict.
+
+A version that passes its gates while its model has a champion enters ``shadowing`` with a ShadowRun
+paired with that champion. The shadow queue folds the model's traffic pool (captured live requests and
+uploaded records) into the run's statistics, batch by batch: the candidate always runs; the champion's
+answer is reused when the record was served by this very champion, and computed otherwise. Shadow
+answers are never returned to callers. Once ``min_requests`` records are in, or ``max_days`` have
+passed, the verdict moves the version on: to ``awaiting_approval`` (with the summary the approvers
+see), or to ``rejected`` with the numbers.
+
+Every batch moves the run's cursor and its accumulators in one compare-and-set UPDATE, so a batch is
+counted once whatever happens to the worker, and two workers never fold the same records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.db import transaction
+from django.utils import timezone
+
+from lifecycle import evaluation, webhooks
+from lifecycle.leases import lease_claim
+from lifecycle.pipeline import enqueue_on_commit
+from lifecycle.policy import MetricGate, NoRegressionGate, Policy, policy_parse
+from lifecycle.serving import RuntimeCache, served_artifact_of
+from lifecycle.states import TransitionNotAllowed, version_transition
+from registry.events import Actor, event_record
+from registry.models import EventKind, ModelVersion, ShadowRun, TrafficRecord
+from registry.models import VersionStatus as S
+
+log = logging.getLogger(__name__)
+
+ACTOR = "system:shadow"
+EVALUATE = "workers.shadow.evaluate_model_shadows"
+BATCH_RECORDS = 500
+BUDGET_SECONDS = 20.0  # one task folds batches for at most this long, then hands the run back
+LEASE_SECONDS = 120.0
+RESERVOIR = 2000  # values kept per distribution; quantiles and KS are exact up to this many rows
+PROBES_PER_BATCH = 8  # single-request latency probes of both models per batch
+TIMELINE_POINTS = 200
+LABELLED_ROWS_MAX = 50_000
+
+_runtimes = RuntimeCache(size=6)
+
+
+# --- starting and re-pairing ------------------------------------------------------------------------
+
+
+@transaction.atomic
+def shadow_start(*, version: ModelVersion, champion: ModelVersion, actor: Actor) -> ShadowRun:
+    """Move a version that passed its gates into ``shadowing`` beside ``champion``."""
+    policy = policy_parse(version.model.policy).shadow
+    moved = version_transition(
+        version_id=version.pk,
+        to=S.SHADOWING,
+        actor=actor,
+        reason=f"gates passed; shadowing v{champion.version} until {policy.min_requests} requests",
+        lease_expires_at=None,
+        task_attempts=0,
+    )
+    return _pair(moved, champion, since=timezone.now() - dt.timedelta(hours=policy.replay_hours), actor=actor)
+
+
+def _pair(candidate: ModelVersion, champion: ModelVersion, *, since: dt.datetime, actor: Actor) -> ShadowRun:
+    run = ShadowRun.objects.create(
+        candidate=candidate,
+        baseline=champion,
+        sources=[TrafficRecord.Source.LIVE, TrafficRecord.Source.RECORDED],
+        since=since,
+    )
+    event_record(
+        kind=EventKind.SHADOW_STARTED,
+        actor=actor,
+        version=candidate,
+        data={"shadow": run.pk, "baseline": champion.version, "since": since.isoformat()},
+    )
+    enqueue_on_commit(EVALUATE, candidate.model_id)
+    return run
+
+
+def shadows_repair(*, model_id: int, champion: ModelVersion, actor: Actor) -> list[ShadowRun]:
+    """After a promotion: end the shadows against the old champion and pair their candidates anew.
+
+    The new run replays the same pool (from the old run's ``since``) against the new champion.
+    """
+    fresh = []
+    stale = ShadowRun.objects.select_for_update().filter(
+        candidate__model_id=model_id, status=ShadowRun.Status.RUNNING
+    )
+    for run in stale.exclude(baseline=champion).select_related("candidate__model", "baseline"):
+        run.status, run.ended_at = ShadowRun.Status.SUPERSEDED, timezone.now()
+        run.reason = f"v{run.baseline.version} stopped serving: v{champion.version} was promoted"
+        run.save(update_fields=["status", "ended_at", "reason"])
+        event_record(
+            kind=EventKind.SHADOW_ENDED,
+            actor=actor,
+            version=run.candidate,
+            data={"shadow": run.pk, "reason": run.reason},
+        )
+        if run.candidate.status == S.SHADOWING and run.candidate_id != champion.pk:
+            fresh.append(_pair(run.candidate, champion, since=run.since, actor=actor))
+    return fresh
+
+
+# --- evaluating ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Judged:
+    """One batch's comparison, row-aligned."""
+
+    rows: int
+    agreed: np.ndarray  # bool per row
+    diffs: np.ndarray  # max |candidate - champion| per row
+    cand_scores: np.ndarray
+    champ_scores: np.ndarray
+    row_slices: list[dict[str, Any]]  # per record: its metadata, with its row span
+    spans: list[tuple[int, int]]
+    errors: list[str]
+
+
+def _first(outputs: Any) -> np.ndarray:
+    if isinstance(outputs, dict):
+        outputs = next(iter(outputs.values()))
+    array = np.asarray(outputs, dtype=np.float32)
+    return array.reshape(array.shape[0], -1)
+
+
+def _score(outputs: np.ndarray) -> np.ndarray:
+    if outputs.shape[1] == 1:
+        return outputs[:, 0]
+    if outputs.shape[1] == 2:
+        return outputs[:, 1]
+    return outputs.argmax(axis=1).astype(np.float32)
+
+
+def _classes(outputs: np.ndarray) -> np.ndarray:
+    if outputs.shape[1] > 1:
+        return outputs.argmax(axis=1)
+    return (outputs[:, 0] >= 0.5).astype(np.int64)
+
+
+def is_classifier(policy: Policy, outputs: np.ndarray | None = None) -> bool:
+    if policy.shadow.task != "auto":
+        return policy.shadow.task == "classification"
+    for gate in policy.gates:
+        if isinstance(gate, MetricGate | NoRegressionGate):
+            return gate.metric in evaluation.CLASSIFICATION
+    return outputs is not None and outputs.shape[1] > 1
+
+
+def _stack(records: list[dict]) -> Any:
+    first = records[0]["inputs"]
+    if isinstance(first, dict):
+        return {
+            name: np.concatenate([np.asarray(r["inputs"][name], np.float32) for r in records])
+            for name in first
+        }
+    return np.concatenate([np.asarray(r["inputs"], np.float32) for r in records])
+
+
+def _predict(model: Any, records: list[dict]) -> tuple[np.ndarray | None, list[str]]:
+    """Outputs for every row of these records; on a failing batch, record by record (errors named)."""
+    try:
+        return _first(model.predict(_stack(records))), []
+    except Exception:
+        if len(records) == 1:
+            raise
+    parts, errors = [], []
+    for record in records:
+        try:
+            parts.append(_first(model.predict(_stack([record]))))
+        except Exception as exc:
+            errors.append(f"request {record['request_id']}: {type(exc).__name__}: {exc}"[:300])
+            parts.append(None)
+    return parts, errors  # type: ignore[return-value]
+
+
+def _outputs(records: list[dict], cand: Any, champ: Any, baseline_id: int) -> tuple[list, list, list[str]]:
+    """Per record: the candidate's and the champion's outputs (None where the candidate failed)."""
+    cand_parts: list[np.ndarray | None]
+    try:
+        whole, errors = _predict(cand, records)
+    except Exception as exc:
+        whole, errors = None, [f"request {records[0]['request_id']}: {type(exc).__name__}: {exc}"[:300]]
+    if isinstance(whole, np.ndarray):
+        cand_parts, start = [], 0
+        for record in records:
+            cand_parts.append(whole[start : start + record["rows"]])
+            start += record["rows"]
+    else:
+        cand_parts = whole if whole is not None else [None] * len(records)
+    reuse = [r["served_by_id"] == baseline_id and r["outputs"] is not None for r in records]
+    champ_parts: list[np.ndarray | None] = [
+        _first(r["outputs"]) if ok else None for r, ok in zip(records, reuse, strict=True)
+    ]
+    missing = [i for i, ok in enumerate(reuse) if not ok]
+    if missing:
+        computed, _ = _predict(champ, [records[i] for i in missing])
+        if isinstance(computed, np.ndarray):
+            start = 0
+            for i in missing:
+                champ_parts[i] = computed[start : start + records[i]["rows"]]
+                start += records[i]["rows"]
+        else:
+            for i, part in zip(missing, computed, strict=True):
+                champ_parts[i] = part
+    return cand_parts, champ_parts, errors
+
+
+def _judge(
+    records: list[dict], cand: Any, champ: Any, baseline_id: int, classifier: bool, tol: float
+) -> Judged:
+    cand_parts, champ_parts, errors = _outputs(records, cand, champ, baseline_id)
+    keep = [
+        i
+        for i in range(len(records))
+        if cand_parts[i] is not None
+        and champ_parts[i] is not None
+        and cand_parts[i].shape == champ_parts[i].shape
+    ]
+    for i in range(len(records)):
+        if i not in keep and cand_parts[i] is not None:
+            errors.append(
+                f"request {records[i]['request_id']}: the candidate's output shape differs from the champion's"
+            )
+    if not keep:
+        empty = np.zeros(0, np.float32)
+        return Judged(0, empty.astype(bool), empty, empty, empty, [], [], errors)
+    c = np.concatenate([cand_parts[i] for i in keep])
+    b = np.concatenate([champ_parts[i] for i in keep])
+    agreed = _classes(c) == _classes(b) if classifier else (np.abs(c - b) <= tol).all(axis=1)
+    spans, start = [], 0
+    for i in keep:
+        spans.append((start, start + records[i]["rows"]))
+        start += records[i]["rows"]
+    return Judged(
+        rows=len(c),
+        agreed=agreed,
+        diffs=np.abs(c - b).max(axis=1),
+        cand_scores=_score(c),
+        champ_scores=_score(b),
+        row_slices=[records[i]["metadata"] or {} for i in keep],
+        spans=spans,
+        errors=errors,
+    )
+
+
+def _reservoir(stats: dict, name: str, values: np.ndarray, seen: int, rng: np.random.Generator) -> None:
+    """Algorithm R over batches: a uniform sample of at most RESERVOIR of all values seen."""
+    kept = stats.setdefault(name, [])
+    values = values.astype(float)
+    room = max(0, RESERVOIR - len(kept))
+    kept.extend(values[:room].round(7).tolist())
+    rest = values[room:]
+    if len(rest):
+        positions = rng.integers(0, seen + room + np.arange(1, len(rest) + 1))
+        for j, value in zip(positions, rest, strict=True):
+            if j < RESERVOIR:
+                kept[j] = round(float(value), 7)
+
+
+def _probe(records: list[dict], cand: Any, champ: Any) -> tuple[list[float], list[float]]:
+    """Single-request latency of both models on the same records, measured the same way."""
+    cand_ms, champ_ms = [], []
+    step = max(1, len(records) // PROBES_PER_BATCH)
+    for record in records[::step][:PROBES_PER_BATCH]:
+        inputs = _stack([record])
+        for model, out in ((cand, cand_ms), (champ, champ_ms)):
+            started = time.perf_counter()
+            try:
+                model.predict(inputs)
+            except Exception:
+                continue
+            out.append((time.perf_counter() - started) * 1000)
+    return cand_ms, champ_ms
+
+
+def _fold(run: ShadowRun, records: list[dict], cand: Any, champ: Any, policy: Policy) -> None:
+    stats = run.stats
+    probe_out = _first(champ.predict(_stack(records[:1]))) if "classifier" not in stats else None
+    if "classifier" not in stats:
+        stats["classifier"] = is_classifier(policy, probe_out)
+    judged = _judge(records, cand, champ, run.baseline_id, stats["classifier"], policy.shadow.tolerance)
+    rng = np.random.default_rng(run.pk * 1_000_003 + run.rows)
+    seen = int(stats.get("seen", 0))
+    for name, values in (
+        ("diffs", judged.diffs),
+        ("cand_scores", judged.cand_scores),
+        ("champ_scores", judged.champ_scores),
+    ):
+        _reservoir(stats, name, values, seen, rng)
+    stats["seen"] = seen + judged.rows
+    cand_ms, champ_ms = _probe(records, cand, champ)
+    probes = int(stats.get("probes", 0))
+    _reservoir(stats, "cand_ms", np.asarray(cand_ms), probes, rng)
+    _reservoir(stats, "champ_ms", np.asarray(champ_ms), probes, rng)
+    stats["probes"] = probes + min(len(cand_ms), len(champ_ms))
+    stats["agreed"] = int(stats.get("agreed", 0)) + int(judged.agreed.sum())
+    stats["diff_sum"] = float(stats.get("diff_sum", 0.0)) + float(judged.diffs.sum())
+    stats["diff_max"] = max(float(stats.get("diff_max", 0.0)), float(judged.diffs.max(initial=0.0)))
+    slices = stats.setdefault("slices", {})
+    for metadata, (lo, hi) in zip(judged.row_slices, judged.spans, strict=True):
+        agreed = int(judged.agreed[lo:hi].sum())
+        for field_name, value in metadata.items():
+            cell = slices.setdefault(str(field_name), {}).setdefault(str(value), [0, 0])
+            cell[0] += hi - lo
+            cell[1] += agreed
+    if judged.errors:
+        stats["error_samples"] = (stats.get("error_samples", []) + judged.errors)[:5]
+    run.requests += len(records)
+    run.rows += judged.rows
+    run.errors += len(judged.errors)
+    timeline = stats.setdefault("timeline", [])
+    timeline.append([timezone.now().isoformat(), run.requests, round(stats["agreed"] / max(run.rows, 1), 6)])
+    if len(timeline) > TIMELINE_POINTS:
+        stats["timeline"] = timeline[::2] + ([timeline[-1]] if len(timeline) % 2 == 0 else [])
+    run.summary = summarize(run)
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None}
+    array = np.asarray(values)
+    return {"p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95))}
+
+
+def summarize(run: ShadowRun) -> dict[str, Any]:
+    """What people read: agreement, output differences, distribution shift, latency, slices, progress."""
+    from scipy import stats as sps
+
+    s = run.stats
+    rows = max(run.rows, 1)
+    diffs = s.get("diffs", [])
+    cand, champ = s.get("cand_scores", []), s.get("champ_scores", [])
+    shift: dict[str, float | None] = {"ks": None, "ks_pvalue": None, "psi": None}
+    if len(cand) >= 2 and len(champ) >= 2:
+        ks = sps.ks_2samp(cand, champ)
+        shift = {"ks": float(ks.statistic), "ks_pvalue": float(ks.pvalue), "psi": _psi(champ, cand)}
+    lat_c, lat_b = _quantiles(s.get("cand_ms", [])), _quantiles(s.get("champ_ms", []))
+    ratio = lat_c["p95"] / lat_b["p95"] if lat_c["p95"] is not None and lat_b["p95"] else None
+    counts, edges = np.histogram(diffs, bins=20) if diffs else (np.zeros(0), np.zeros(0))
+    return {
+        "requests": run.requests,
+        "rows": run.rows,
+        "errors": run.errors,
+        "error_samples": s.get("error_samples", []),
+        "comparison": "classes" if s.get("classifier") else "tolerance",
+        "agreement": s.get("agreed", 0) / rows if run.rows else None,
+        "diff": {
+            "mean": s.get("diff_sum", 0.0) / rows if run.rows else None,
+            **_quantiles(diffs),
+            "max": s.get("diff_max") if run.rows else None,
+            "histogram": {"counts": counts.astype(int).tolist(), "edges": [float(e) for e in edges]},
+        },
+        "shift": shift,
+        "latency_ms": {"candidate": lat_c, "champion": lat_b, "p95_ratio": ratio},
+        "slices": {
+            name: {
+                value: {"rows": n, "agreement": agreed / n if n else None}
+                for value, (n, agreed) in values.items()
+            }
+            for name, values in s.get("slices", {}).items()
+        },
+        "timeline": s.get("timeline", []),
+        **({"labelled": s["labelled"]} if "labelled" in s else {}),
+    }
+
+
+def _psi(expected: list[float], actual: list[float], bins: int = 10) -> float:
+    """Population stability index of ``actual`` against ``expected`` on ``expected``'s deciles."""
+    edges = np.unique(np.percentile(expected, np.linspace(0, 100, bins + 1)))
+    if len(edges) < 3:
+        edges = np.linspace(min(expected + actual), max(expected + actual) + 1e-9, bins + 1)
+    e = np.histogram(np.clip(expected, edges[0], edges[-1]), edges)[0] / len(expected)
+    a = np.histogram(np.clip(actual, edges[0], edges[-1]), edges)[0] / len(actual)
+    e, a = np.clip(e, 1e-4, None), np.clip(a, 1e-4, None)
+    return float(((a - e) * np.log(a / e)).sum())
+
+
+def _pool(run: ShadowRun):
+    return TrafficRecord.objects.filter(model_id=run.candidate.model_id, at__gte=run.since)
+
+
+FIELDS = ("id", "request_id", "inputs", "rows", "outputs", "served_by_id", "metadata", "labels")
+
+
+def shadow_evaluate(
+    run_id: int, *, now: dt.datetime | None = None, budget: float = BUDGET_SECONDS
+) -> ShadowRun | None:
+    """Fold the run's new traffic into its statistics, then conclude it when it has enough.
+
+    Safe to call twice at once: the lease lets one caller work, and each batch is written with a
+    compare-and-set on the cursor.
+    """
+    now = now or timezone.now()
+    if not lease_claim(
+        ShadowRun.objects.filter(pk=run_id, status=ShadowRun.Status.RUNNING),
+        attempts_field="attempts",
+        now=now,
+        seconds=LEASE_SECONDS,
+    ):
+        return None
+    run = ShadowRun.objects.select_related("candidate__model", "baseline").get(pk=run_id)
+    try:
+        if run.candidate.status != S.SHADOWING:
+            return _end(
+                run, ShadowRun.Status.CANCELLED, f"v{run.candidate.version} is {run.candidate.status}"
+            )
+        policy = policy_parse(run.candidate.model.policy)
+        started = time.monotonic()
+        cand = champ = None
+        while time.monotonic() - started < budget:
+            records = list(
+                _pool(run).filter(id__gt=run.cursor).order_by("id").values(*FIELDS)[:BATCH_RECORDS]
+            )
+            if not records:
+                break
+            if cand is None:
+                cand = _runtimes.get(served_artifact_of(run.candidate), run.candidate.signature)
+                champ = _runtimes.get(served_artifact_of(run.baseline), run.baseline.signature)
+            old_cursor = run.cursor
+            _fold(run, records, cand, champ, policy)
+            run.cursor = records[-1]["id"]
+            written = ShadowRun.objects.filter(
+                pk=run.pk, cursor=old_cursor, status=ShadowRun.Status.RUNNING
+            ).update(
+                cursor=run.cursor,
+                stats=run.stats,
+                summary=run.summary,
+                requests=run.requests,
+                rows=run.rows,
+                errors=run.errors,
+            )
+            if not written:
+                return None  # ended or moved on elsewhere meanwhile
+            if run.requests >= policy.shadow.min_requests:
+                break
+        return shadow_conclude(run.pk, now=now, cand=cand, champ=champ)
+    finally:
+        ShadowRun.objects.filter(pk=run_id).update(lease_expires_at=None, attempts=0)
+
+
+def _end(run: ShadowRun, status: str, reason: str) -> ShadowRun:
+    with transaction.atomic():
+        ended = ShadowRun.objects.filter(pk=run.pk, status=ShadowRun.Status.RUNNING).update(
+            status=status, reason=reason, ended_at=timezone.now()
+        )
+        if ended:
+            event_record(
+                kind=EventKind.SHADOW_ENDED,
+                actor=ACTOR,
+                version=run.candidate,
+                data={"shadow": run.pk, "reason": reason},
+            )
+    run.refresh_from_db()
+    return run
+
+
+# --- the verdict --------------------------------------------------------------------------------------
+
+
+def _labelled_metric(run: ShadowRun, policy: Policy, cand: Any, champ: Any) -> dict[str, Any] | None:
+    """Each model's metric on the labelled records of the pool (labels may arrive after the batch ran)."""
+    records = list(
+        _pool(run)
+        .filter(id__lte=run.cursor)
+        .exclude(labels=None)
+        .order_by("id")
+        .values(*FIELDS)[:LABELLED_ROWS_MAX]
+    )
+    if not records:
+        return None
+    metric, max_drop = ("accuracy" if run.stats.get("classifier") else "mae"), policy.shadow.max_metric_drop
+    for gate in policy.gates:
+        if isinstance(gate, NoRegressionGate) and gate.max_drop is not None:
+            metric, max_drop = gate.metric, gate.max_drop
+            break
+    if cand is None:
+        cand = _runtimes.get(served_artifact_of(run.candidate), run.candidate.signature)
+        champ = _runtimes.get(served_artifact_of(run.baseline), run.baseline.signature)
+    cand_parts, champ_parts, _ = _outputs(records, cand, champ, run.baseline_id)
+    keep = [i for i in range(len(records)) if cand_parts[i] is not None and champ_parts[i] is not None]
+    if not keep:
+        return None
+    labels = np.concatenate([np.asarray(records[i]["labels"], np.float64) for i in keep])
+    result: dict[str, Any] = {"metric": metric, "rows": len(labels), "max_drop": max_drop}
+    try:
+        c = evaluation.metric_value(metric, labels, np.concatenate([cand_parts[i] for i in keep]))
+        b = evaluation.metric_value(metric, labels, np.concatenate([champ_parts[i] for i in keep]))
+    except evaluation.EvaluationError as exc:
+        return {**result, "error": str(exc)}
+    drop = (b - c) if evaluation.higher_is_better(metric) else (c - b)
+    return {**result, "candidate": c, "champion": b, "drop": drop, "worse": drop > max_drop}
+
+
+def _failures(summary: dict[str, Any], policy: Policy) -> list[str]:
+    rules = policy.shadow
+    failures = []
+    agreement = summary["agreement"]
+    if agreement is not None and agreement < rules.min_agreement:
+        failures.append(
+            f"agreement {agreement:.1%} with the champion over {summary['rows']} rows is below "
+            f"{rules.min_agreement:.1%}"
+        )
+    latency = summary["latency_ms"]
+    if latency["p95_ratio"] is not None and latency["p95_ratio"] > rules.max_p95_latency_ratio:
+        failures.append(
+            f"p95 latency {latency['candidate']['p95']:.2f} ms is {latency['p95_ratio']:.2f}× the champion's "
+            f"{latency['champion']['p95']:.2f} ms (at most {rules.max_p95_latency_ratio}×)"
+        )
+    if summary["errors"]:
+        first = (summary["error_samples"] or ["?"])[0]
+        failures.append(f"{summary['errors']} request(s) failed in the candidate (first: {first})")
+    labelled = summary.get("labelled")
+    if labelled and labelled.get("worse"):
+        failures.append(
+            f"on {labelled['rows']} labelled rows {labelled['metric']} is {labelled['candidate']:.4f} against "
+            f"the champion's {labelled['champion']:.4f} (worse by more than {labelled['max_drop']})"
+        )
+    return failures
+
+
+def verdict_line(summary: dict[str, Any]) -> str:
+    agreement = summary.get("agreement")
+    ratio = (summary.get("latency_ms") or {}).get("p95_ratio")
+    parts = [f"{summary.get('requests', 0)} requests"]
+    if agreement is not None:
+        parts.append(f"agreement {agreement:.1%}")
+    if ratio is not None:
+        parts.append(f"p95 latency {ratio:.2f}× the champion")
+    parts.append(f"{summary.get('errors', 0)} errors")
+    return ", ".join(parts)
+
+
+def shadow_conclude(
+    run_id: int, *, now: dt.datetime | None = None, cand: Any = None, champ: Any = None
+) -> ShadowRun | None:
+    """Judge a run that has its ``min_requests`` or has run out of days; otherwise leave it running."""
+    now = now or timezone.now()
+    run = ShadowRun.objects.select_related("candidate__model", "baseline").get(pk=run_id)
+    if run.status != ShadowRun.Status.RUNNING:
+        return run
+    policy = policy_parse(run.candidate.model.policy)
+    rules = policy.shadow
+    enough = run.requests >= rules.min_requests
+    if not enough and now < run.started_at + dt.timedelta(days=rules.max_days):
+        return run
+    labelled = _labelled_metric(run, policy, cand, champ) if run.rows else None
+    if labelled is not None:
+        run.stats["labelled"] = labelled
+    summary = summarize(run)
+    failures = _failures(summary, policy) if run.rows else []
+    if failures:
+        status, reason = ShadowRun.Status.FAILED, "shadow verdict failed: " + "; ".join(failures)
+    elif not enough:
+        status = ShadowRun.Status.INSUFFICIENT
+        reason = (
+            f"insufficient shadow traffic: {run.requests} of {rules.min_requests} requests after "
+            f"{rules.max_days:g} days"
+        )
+    else:
+        status, reason = ShadowRun.Status.PASSED, f"shadow passed: {verdict_line(summary)}"
+    approve = status == ShadowRun.Status.PASSED or (
+        status == ShadowRun.Status.INSUFFICIENT and rules.on_insufficient == "approve_anyway"
+    )
+    if status == ShadowRun.Status.INSUFFICIENT and approve:
+        summary["warning"] = reason + "; the policy sends it to the approvers anyway"
+    with transaction.atomic():
+        done = ShadowRun.objects.filter(pk=run.pk, status=ShadowRun.Status.RUNNING).update(
+            status=status, reason=reason, stats=run.stats, summary=summary, ended_at=now
+        )
+        if not done:
+            return None
+        run.refresh_from_db()
+        event_record(
+            kind=EventKind.SHADOW_COMPLETED,
+            actor=ACTOR,
+            version=run.candidate,
+            data={"shadow": run.pk, "verdict": status, "reason": reason, "requests": run.requests},
+        )
+        webhooks.webhooks_emit(
+            event="shadow.completed", version=run.candidate, data={"verdict": status, "reason": reason}
+        )
+        try:
+            if approve:
+                from lifecycle import approval
+
+                approval.await_approval(
+                    version_id=run.candidate_id, actor=ACTOR, reason=summary.get("warning", reason)
+                )
+            else:
+                version_transition(
+                    version_id=run.candidate_id,
+                    to=S.REJECTED,
+                    actor=ACTOR,
+                    reason=reason,
+                    expected=S.SHADOWING,
+                )
+        except TransitionNotAllowed:
+            log.info("%s left shadowing before its verdict", run.candidate.label)
+    return run
+
+
+# --- scheduling -----------------------------------------------------------------------------------------
+
+
+def model_shadows_evaluate(model_id: int) -> list[int]:
+    """Evaluate every running shadow of a model (the shadow queue's unit of work)."""
+    done = []
+    for run_id in ShadowRun.objects.filter(
+        candidate__model_id=model_id, status=ShadowRun.Status.RUNNING
+    ).values_list("id", flat=True):
+        if shadow_evaluate(run_id) is not None:
+            done.append(run_id)
+    return done
+
+
+def shadows_due() -> list[int]:
+    """Models with a running shadow: beat wakes them all, so that max_days passes even with no traffic."""
+    return sorted(
+        set(
+            ShadowRun.objects.filter(status=ShadowRun.Status.RUNNING).values_list(
+                "candidate__model_id", flat=True
+            )
+        )
+    )
+
+
+def shadow_latest(version: ModelVersion) -> ShadowRun | None:
+    return (
+        ShadowRun.objects.filter(candidate=version)
+        .select_related("baseline", "candidate__model")
+        .order_by("-id")
+        .first()
+    )
+
+
+def shadow_json(run: ShadowRun | None) -> dict[str, Any] | None:
+    """The ``shadow`` field of a version in the API."""
+    if run is None:
+        return None
+    return {
+        "id": run.pk,
+        "status": run.status,
+        "baseline": run.baseline.version,
+        "requests": run.requests,
+        "min_requests": policy_parse(run.candidate.model.policy).shadow.min_requests,
+        "rows": run.rows,
+        "errors": run.errors,
+        "reason": run.reason,
+        "summary": run.summary,
+        "started_at": run.started_at.isoformat().replace("+00:00", "Z"),
+        "ended_at": run.ended_at.isoformat().replace("+00:00", "Z") if run.ended_at else None,
+    }

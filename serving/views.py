@@ -1,0 +1,225 @@
+"""Serving endpoints: the champion's predictions, and the traffic pool that shadows replay.
+
+``predict`` is the hot path: one query finds the champion (and the caller's right to read the model),
+the runtime comes from the per-process cache, and capture is a list append; the writes happen in the
+capture buffer's thread. Everything else here is a thin view over ``lifecycle.traffic``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef, Subquery
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from lifecycle import runtimes, serving, traffic
+from registry.api.views import model_for
+from registry.errors import NotFound, ServiceError
+from registry.models import Export, ModelRole, ModelVersion, TrafficRecord
+from registry.models import VersionStatus as S
+from serving.capture import buffer
+
+cache = serving.RuntimeCache(size=settings.MODELGATE_SERVING_CACHE_SIZE)
+
+
+class InvalidInput(ServiceError):
+    code = "invalid_input"
+
+
+class ChampionUnavailable(ServiceError):
+    status = 503
+    code = "champion_unavailable"
+
+
+def _champion_row(name: str, user) -> dict | None:
+    """The serving version of a model and whether ``user`` may read it: one query."""
+    onnx = Export.objects.filter(version=OuterRef("pk"), format="onnx", status=Export.Status.PASSED).values(
+        "artifact_key"
+    )[:1]
+    rows = ModelVersion.objects.filter(model__name=name, status=S.PRODUCTION).annotate(
+        onnx_key=Subquery(onnx)
+    )
+    fields = ["id", "version", "model_id", "format", "artifact_key", "signature", "onnx_key", "model__policy"]
+    if user.is_authenticated and not user.is_staff:
+        rows = rows.annotate(
+            allowed=Exists(ModelRole.objects.filter(model_id=OuterRef("model_id"), user_id=user.pk))
+        )
+        fields.append("allowed")
+    return rows.values(*fields).first()
+
+
+def _sample_rate(policy: dict) -> float:
+    try:
+        return float((policy.get("shadow") or {}).get("sample_rate", 0.1))
+    except (TypeError, ValueError, AttributeError):
+        return 0.0
+
+
+def _metadata(body: dict) -> dict:
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(v, str | int | float | bool) and not (isinstance(v, str) and "\x00" in v)
+        for v in metadata.values()
+    ):
+        raise InvalidInput("`metadata` must be an object of plain values (the request's slice fields)")
+    if len(metadata) > 20 or any(len(str(k)) > 64 or len(str(v)) > 256 for k, v in metadata.items()):
+        raise InvalidInput(
+            "`metadata` holds at most 20 fields, names up to 64 and values up to 256 characters"
+        )
+    return metadata
+
+
+def _request_id(body: dict) -> str:
+    given = body.get("request_id")
+    if given is None:
+        return uuid.uuid4().hex
+    if not isinstance(given, str) or not 1 <= len(given) <= traffic.REQUEST_ID_CHARS or "\x00" in given:
+        raise InvalidInput(f"`request_id` must be a string of 1 to {traffic.REQUEST_ID_CHARS} characters")
+    return given
+
+
+class PredictView(APIView):
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        request=inline_serializer(
+            "PredictRequest",
+            {
+                "inputs": serializers.JSONField(help_text="a batch [[...], ...] or {input name: batch}"),
+                "metadata": serializers.DictField(
+                    required=False, help_text="slice fields, kept with captures"
+                ),
+                "request_id": serializers.CharField(required=False),
+            },
+        ),
+        responses=inline_serializer(
+            "PredictResponse",
+            {
+                "outputs": serializers.JSONField(),
+                "model": serializers.CharField(),
+                "version": serializers.IntegerField(),
+                "request_id": serializers.CharField(),
+                "captured": serializers.BooleanField(),
+            },
+        ),
+    )
+    def post(self, request: Request, name: str) -> Response:
+        row = _champion_row(name, request.user)
+        if row is None or not row.get("allowed", True):
+            model = model_for(request, name)  # 404 for no model, 403 for no role
+            raise NotFound(
+                f"{model.name} has no champion: no version is in production, so nothing serves predictions",
+                code="no_champion",
+            )
+        body = request.data
+        if not isinstance(body, dict) or "inputs" not in body:
+            raise InvalidInput(
+                'the body must be a JSON object with "inputs": a batch [[...], ...] or named batches'
+            )
+        metadata, request_id = _metadata(body), _request_id(body)
+        artifact = serving.served_artifact(row["id"], row["artifact_key"], row["format"], row["onnx_key"])
+        try:
+            loaded = cache.get(artifact, row["signature"])
+        except runtimes.ModelLoadError as exc:
+            raise ChampionUnavailable(f"{name} v{row['version']} does not load here: {exc}") from None
+        try:
+            arrays, rows = serving.parse_inputs(body["inputs"], loaded.signature)
+        except serving.InputInvalid as exc:
+            raise InvalidInput(str(exc)) from None
+        if rows > settings.MODELGATE_PREDICT_MAX_ROWS:
+            raise InvalidInput(f"at most {settings.MODELGATE_PREDICT_MAX_ROWS} rows per request, got {rows}")
+        started = time.perf_counter()
+        try:
+            outputs = loaded.predict(arrays)
+        except runtimes.PredictionInputError as exc:
+            raise InvalidInput(
+                f"{exc}; the model expects {serving.signature_text(loaded.signature)}"
+            ) from None
+        latency_ms = (time.perf_counter() - started) * 1000
+        answer = serving.outputs_json(outputs)
+        sampled = random.random() < _sample_rate(row["model__policy"])
+        record = None
+        if sampled:
+            inputs = (
+                {k: a.tolist() for k, a in arrays.items()} if isinstance(arrays, dict) else arrays.tolist()
+            )
+            record = TrafficRecord(
+                model_id=row["model_id"],
+                request_id=request_id,
+                source=TrafficRecord.Source.LIVE,
+                inputs=inputs,
+                rows=rows,
+                outputs=answer,
+                served_by_id=row["id"],
+                latency_ms=latency_ms,
+                metadata=metadata,
+                at=timezone.now(),
+            )
+        buffer.add(row["id"], record)
+        return Response(
+            {
+                "outputs": answer,
+                "model": name,
+                "version": row["version"],
+                "request_id": request_id,
+                "captured": sampled,
+            }
+        )
+
+
+class TrafficUploadView(APIView):
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(
+        request={
+            "multipart/form-data": inline_serializer(
+                "TrafficUpload",
+                {"file": serializers.FileField(help_text="JSON Lines, or Parquet (*.parquet)")},
+            )
+        },
+        responses=OpenApiTypes.OBJECT,
+    )
+    def post(self, request: Request, name: str) -> Response:
+        model = model_for(request, name, "push")
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise traffic.TrafficInvalid(
+                "send the records as the multipart field `file` (JSON Lines or Parquet)"
+            )
+        with upload.open("rb") as stream:
+            result = traffic.traffic_upload(
+                model=model, stream=stream, filename=upload.name or "", actor=request.user
+            )
+        return Response(
+            {"records": result.records, "rows": result.rows, "labelled": result.labelled}, status=201
+        )
+
+
+class TrafficLabelsView(APIView):
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        request=inline_serializer(
+            "TrafficLabels",
+            {
+                "labels": serializers.ListField(
+                    child=serializers.DictField(), help_text="[{request_id, labels}]"
+                )
+            },
+        ),
+        responses=OpenApiTypes.OBJECT,
+    )
+    def post(self, request: Request, name: str) -> Response:
+        model = model_for(request, name, "push")
+        body = request.data if isinstance(request.data, dict) else {}
+        return Response(traffic.traffic_labels(model=model, items=body.get("labels")))

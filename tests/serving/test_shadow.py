@@ -1,0 +1,364 @@
+"""Serving and auto-shadow on real workers: the champion answers, candidates shadow it on live and
+replayed traffic, and the verdict moves them on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+from django.db import connections
+
+from lifecycle import approval, shadow
+from registry.models import ModelVersion, ShadowRun, TrafficRecord, Usage
+from serving.capture import buffer
+from tests import builders
+from tests.conftest import push, wait_for_status
+from tests.lifecycle.test_pipeline import set_policy
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANNEL = "C0SHADOW"
+
+
+def shadow_policy(**shadow_rules) -> dict:
+    return {
+        "gates": [{"kind": "loads"}, {"kind": "signature_compatible"}],
+        "shadow": {
+            "sample_rate": 1.0,
+            "min_requests": 20,
+            "min_agreement": 0.95,
+            # Two tiny models in one process: their latency ratio is noise, not a finding.
+            "max_p95_latency_ratio": 50,
+            **shadow_rules,
+        },
+        "approval": {"slack_channel": CHANNEL},
+    }
+
+
+def promote(approver, number: int) -> ModelVersion:
+    version = wait_for_status("fraud", number, {"awaiting_approval", "rejected"})
+    assert version.status == "awaiting_approval", version.status_reason
+    response = approver.client.post(f"/api/v1/models/fraud/versions/{number}/approve/", {}, format="json")
+    assert response.status_code == 201, response.content
+    return wait_for_status("fraud", number, {"production"})
+
+
+def rows(n: int, *, disagree: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Rows whose x0 lies in (0, 1] for a ``disagree`` share: threshold 0 and threshold 1 part there."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    x0 = np.where(rng.random(n) < 0.5, rng.uniform(-3, -0.1, n), rng.uniform(1.1, 3, n))
+    inside = np.arange(n) < round(disagree * n)
+    x0[inside] = rng.uniform(0.05, 0.95, inside.sum())
+    x[:, 0] = x0
+    return x
+
+
+def predict(client, inputs, **extra):
+    return client.post("/api/v1/models/fraud/predict/", {"inputs": inputs, **extra}, format="json")
+
+
+@pytest.fixture
+def champion(celery_workers, fraud_model, owner, publisher, approver, tmp_path) -> ModelVersion:
+    set_policy(owner, shadow_policy())
+    push(publisher.client, "fraud", builders.threshold_onnx_classifier(tmp_path / "1", shift=0.0))
+    return promote(approver, 1)
+
+
+def test_a_better_or_equal_candidate_shadows_the_champion_on_live_traffic_then_awaits_approval(
+    champion, publisher, viewer, slack_server, tmp_path
+):
+    # The same decision rule, other bytes: it agrees with v1 on every row.
+    push(publisher.client, "fraud", builders.threshold_onnx_classifier(tmp_path / "2", scale=1.0001))
+    candidate = wait_for_status("fraud", 2, {"shadowing", "rejected", "awaiting_approval"})
+    assert candidate.status == "shadowing", candidate.status_reason
+    run = candidate.shadow_runs.get()
+    assert (run.baseline_id, run.status) == (champion.pk, "running")
+
+    data = rows(25)
+    for i in range(25):
+        response = predict(
+            viewer.client, data[i : i + 1].tolist(), metadata={"country": "DE" if i % 2 else "FR"}
+        )
+        assert response.status_code == 200, response.content
+        assert response.json()["version"] == 1  # the shadow never answers
+        assert response.json()["captured"] is True
+
+    passed = wait_for_status("fraud", 2, {"awaiting_approval", "rejected"}, timeout=90)
+    assert passed.status == "awaiting_approval", passed.status_reason
+    run.refresh_from_db()
+    assert run.status == "passed" and run.requests >= 20
+    assert run.summary["agreement"] == 1.0 and run.summary["errors"] == 0
+    assert set(run.summary["slices"]["country"]) == {"DE", "FR"}
+    assert run.summary["latency_ms"]["candidate"]["p95"] is not None
+    assert run.summary["shift"]["ks"] is not None
+    assert passed.status_reason.startswith("shadow passed:")
+    # The approvers see the shadow's numbers.
+    post = slack_server.wait_for(
+        lambda c: c["path"].endswith("chat.postMessage") and "fraud v2" in json.dumps(c["data"])
+    )[0]
+    blocks = json.dumps(post["data"]["blocks"])
+    assert "shadow passed" in blocks and "agreement 100.0%" in blocks
+    detail = viewer.client.get("/api/v1/models/fraud/versions/2/").json()
+    assert detail["shadow"]["status"] == "passed" and detail["shadow"]["baseline"] == 1
+    # Served predictions count toward the champion's usage.
+    buffer.flush()
+    assert sum(Usage.objects.filter(version=champion).values_list("predictions", flat=True)) == 25
+
+
+def test_a_candidate_that_disagrees_on_30_percent_of_traffic_is_rejected_with_the_figure(
+    champion, publisher, viewer, tmp_path
+):
+    push(publisher.client, "fraud", builders.threshold_onnx_classifier(tmp_path / "2", shift=1.0))
+    wait_for_status("fraud", 2, {"shadowing"})
+
+    response = predict(viewer.client, rows(200, disagree=0.3).tolist())  # one request of 200 rows
+    assert response.status_code == 200
+    for batch in np.array_split(rows(190, disagree=0.3, seed=1), 19):
+        assert predict(viewer.client, batch.tolist()).status_code == 200
+
+    rejected = wait_for_status("fraud", 2, {"rejected", "awaiting_approval"}, timeout=90)
+    assert rejected.status == "rejected"
+    assert "agreement 70.0%" in rejected.status_reason, rejected.status_reason
+    assert rejected.shadow_runs.get().status == "failed"
+
+
+def test_a_jsonl_upload_alone_completes_a_shadow_and_its_labels_compare_the_models(
+    champion, owner, publisher, tmp_path
+):
+    push(publisher.client, "fraud", builders.threshold_onnx_classifier(tmp_path / "2", scale=1.0001))
+    wait_for_status("fraud", 2, {"shadowing"})
+    data = rows(30, seed=4)
+    lines = [
+        json.dumps({"inputs": [row.tolist()], "labels": [int(row[0] > 0)], "metadata": {"channel": "web"}})
+        for row in data
+    ]
+    upload = io.BytesIO("\n".join(lines).encode())
+    upload.name = "replay.jsonl"
+
+    response = publisher.client.post("/api/v1/models/fraud/traffic/", {"file": upload}, format="multipart")
+
+    assert response.status_code == 201, response.content
+    assert response.json() == {"records": 30, "rows": 30, "labelled": 30}
+    done = wait_for_status("fraud", 2, {"awaiting_approval", "rejected"}, timeout=90)
+    assert done.status == "awaiting_approval", done.status_reason
+    run = done.shadow_runs.get()
+    assert run.requests == 30 and not TrafficRecord.objects.filter(source="live").exists()
+    labelled = run.summary["labelled"]
+    assert labelled["metric"] == "accuracy" and labelled["rows"] == 30
+    assert labelled["candidate"] == labelled["champion"] == 1.0 and labelled["worse"] is False
+
+
+def test_the_champion_swap_on_promotion_takes_effect_on_the_next_call_and_no_request_fails(
+    champion, owner, publisher, approver, viewer, tmp_path
+):
+    set_policy(owner, {**shadow_policy(), "shadow": {"enabled": False}})
+    push(publisher.client, "fraud", builders.threshold_onnx_classifier(tmp_path / "2", shift=1.0))
+    wait_for_status("fraud", 2, {"awaiting_approval"})
+    answers: list[tuple[int, int]] = []
+    stop = threading.Event()
+    one = [[0.5, 0.0, 0.0, 0.0]]  # class 1 for v1 (x0 > 0), class 0 for v2 (x0 <= 1)
+
+    def loop() -> None:
+        from rest_framework.test import APIClient
+
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {viewer.token}")
+        try:
+            while not stop.is_set():
+                response = predict(client, one)
+                answers.append((response.status_code, response.json().get("version")))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=loop) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        promote(approver, 2)
+        after = predict(viewer.client, one)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+    assert after.status_code == 200 and after.json()["version"] == 2
+    assert np.argmax(after.json()["outputs"][0]) == 0
+    assert answers and all(code == 200 for code, _ in answers), {a for a in answers if a[0] != 200}
+    assert {v for _, v in answers} <= {1, 2}
+
+
+def test_capture_loses_no_sampled_request_under_8_concurrent_clients(fraud_model, owner, viewer, tmp_path):
+    set_policy(owner, {**shadow_policy(), "shadow": {"sample_rate": 0.5}})
+    champion = served_champion(fraud_model, tmp_path)
+    captured: list[bool] = []
+    lock = threading.Lock()
+
+    def client_loop() -> None:
+        from rest_framework.test import APIClient
+
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {viewer.token}")
+        try:
+            for batch in np.array_split(rows(50, seed=threading.get_ident() % 1000), 25):
+                response = predict(client, batch.tolist())
+                assert response.status_code == 200
+                with lock:
+                    captured.append(response.json()["captured"])
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=client_loop) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    buffer.flush()
+
+    assert len(captured) == 200 and 0 < sum(captured) < 200
+    assert TrafficRecord.objects.filter(source="live", served_by=champion).count() == sum(captured)
+    assert TrafficRecord.objects.filter(source="live").values("request_id").distinct().count() == sum(
+        captured
+    )
+    assert sum(Usage.objects.filter(version=champion).values_list("predictions", flat=True)) == 200
+
+
+def served_champion(model, tmp_path) -> ModelVersion:
+    """A production v1 of ``model`` with a real ONNX artifact, put there without the pipeline."""
+    from registry.services import Upload, model_version_register
+    from tests.lifecycle.test_pipeline import make_champion
+
+    path = builders.threshold_onnx_classifier(tmp_path)
+    upload = Upload(
+        path=path,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        size=path.stat().st_size,
+        filename=path.name,
+    )
+    version, _ = model_version_register(model=model, upload=upload, metadata={}, actor=model.created_by)
+    ModelVersion.objects.filter(pk=version.pk).update(
+        status="validating",  # as if its gates had run
+        signature={
+            "inputs": [{"name": "features", "dtype": "float32", "shape": [None, 4]}],
+            "outputs": [{"name": "output_0", "dtype": "float32", "shape": [None, 2]}],
+        }
+    )
+    version.refresh_from_db()
+    make_champion(version)
+    return ModelVersion.objects.get(pk=version.pk)
+
+
+def test_predict_refuses_a_wrong_shape_naming_the_signature_and_404s_without_a_champion(
+    fraud_model, owner, viewer, outsider, tmp_path
+):
+    none = predict(viewer.client, [[1, 2, 3, 4]])
+    assert none.status_code == 404
+    assert none.json()["error"]["code"] == "no_champion" and "no champion" in none.json()["error"]["message"]
+    assert predict(viewer.client, [[1, 2, 3, 4]]).status_code == 404
+    assert (
+        viewer.client.post("/api/v1/models/nope/predict/", {"inputs": [[1]]}, format="json").status_code
+        == 404
+    )
+
+    served_champion(fraud_model, tmp_path)
+    wrong = predict(viewer.client, [[1, 2, 3]])
+    assert wrong.status_code == 400
+    assert wrong.json()["error"]["code"] == "invalid_input"
+    assert "features: float32[N, 4]" in wrong.json()["error"]["message"]
+    for bad in (
+        [["a", "b", "c", "d"]],
+        [[1, 2], [3]],
+        "x",
+        [[float("nan")] * 4] if False else [[None] * 4],
+        [],
+    ):
+        response = predict(viewer.client, bad)
+        assert response.status_code == 400, (bad, response.content)
+        assert "features: float32[N, 4]" in response.json()["error"]["message"] or bad == "x"
+    assert viewer.client.post("/api/v1/models/fraud/predict/", {"x": 1}, format="json").status_code == 400
+    assert predict(outsider.client, [[1, 2, 3, 4]]).status_code == 403
+    ok = predict(viewer.client, [0.5, 0, 0, 0])  # one row without the batch axis
+    assert ok.status_code == 200 and len(ok.json()["outputs"]) == 1
+
+
+def test_a_promotion_ends_the_shadows_against_the_old_champion_and_re_pairs_them(fraud_model, tmp_path):
+    from tests.factories import ModelVersionFactory
+    from tests.lifecycle.test_pipeline import make_champion
+
+    old = ModelVersionFactory(model=fraud_model, version=1, status="validating")
+    make_champion(old)
+    candidates = [ModelVersionFactory(model=fraud_model, version=n, status="validating") for n in (2, 3)]
+    runs = [shadow.shadow_start(version=c, champion=old, actor="tests") for c in candidates]
+    new = ModelVersionFactory(model=fraud_model, version=4, status="awaiting_approval")
+
+    approval.version_promote(version=new, actor="tests")
+
+    for run, candidate in zip(runs, candidates, strict=True):
+        run.refresh_from_db()
+        assert run.status == "superseded" and "v4 was promoted" in run.reason
+        fresh = ShadowRun.objects.get(candidate=candidate, status="running")
+        assert fresh.baseline_id == new.pk and fresh.since == run.since
+    assert ShadowRun.objects.filter(status="running").count() == 2
+
+
+@pytest.mark.parametrize("on_insufficient", ["reject", "approve_anyway"])
+def test_too_little_traffic_at_max_days_rejects_unless_the_policy_approves_anyway(
+    fraud_model, owner, on_insufficient
+):
+    from tests.factories import ModelVersionFactory
+    from tests.lifecycle.test_pipeline import make_champion
+
+    set_policy(owner, {**shadow_policy(), "shadow": {"max_days": 2, "on_insufficient": on_insufficient}})
+    old = ModelVersionFactory(model=fraud_model, version=1, status="validating")
+    make_champion(old)
+    candidate = ModelVersionFactory(model=fraud_model, version=2, status="validating")
+    run = shadow.shadow_start(version=candidate, champion=old, actor="tests")
+
+    assert shadow.shadow_conclude(run.pk, now=run.started_at + dt.timedelta(days=1)).status == "running"
+    shadow.shadow_conclude(run.pk, now=run.started_at + dt.timedelta(days=2, seconds=1))
+
+    run.refresh_from_db()
+    candidate.refresh_from_db()
+    assert run.status == "insufficient"
+    assert "insufficient shadow traffic: 0 of 1000 requests after 2 days" in run.reason
+    if on_insufficient == "reject":
+        assert candidate.status == "rejected" and candidate.status_reason.startswith(
+            "insufficient shadow traffic"
+        )
+    else:
+        assert candidate.status == "awaiting_approval"
+        assert "sends it to the approvers anyway" in approval.evidence_summary(candidate)["shadow"]["warning"]
+
+
+def test_the_verdict_fails_on_latency_errors_and_a_worse_labelled_metric():
+    from lifecycle.policy import policy_parse
+
+    policy = policy_parse({"shadow": {"min_agreement": 0.9, "max_p95_latency_ratio": 1.5}})
+    summary = {
+        "agreement": 0.95,
+        "rows": 100,
+        "errors": 2,
+        "error_samples": ["request r1: ValueError: boom"],
+        "latency_ms": {"candidate": {"p95": 3.0}, "champion": {"p95": 1.0}, "p95_ratio": 3.0},
+        "labelled": {
+            "metric": "accuracy",
+            "rows": 50,
+            "candidate": 0.8,
+            "champion": 0.9,
+            "max_drop": 0.01,
+            "worse": True,
+        },
+    }
+    failures = shadow._failures(summary, policy)
+    assert len(failures) == 3
+    assert "3.00× the champion's" in failures[0] and "2 request(s) failed" in failures[1]
+    assert "accuracy is 0.8000 against the champion's 0.9000" in failures[2]
+    assert (
+        shadow._failures({**summary, "errors": 0, "labelled": None, "latency_ms": {"p95_ratio": 1.0}}, policy)
+        == []
+    )

@@ -246,7 +246,7 @@ def served_champion(model, tmp_path) -> ModelVersion:
         signature={
             "inputs": [{"name": "features", "dtype": "float32", "shape": [None, 4]}],
             "outputs": [{"name": "output_0", "dtype": "float32", "shape": [None, 2]}],
-        }
+        },
     )
     version.refresh_from_db()
     make_champion(version)

@@ -199,6 +199,10 @@ MODELGATE_RETRY_DELAY_SECONDS = env.int("MODELGATE_RETRY_DELAY_SECONDS", default
 MODELGATE_RECONCILE_GRACE_SECONDS = env.int("MODELGATE_RECONCILE_GRACE_SECONDS", default=60)
 MODELGATE_GATE_TIME_LIMIT = env.int("MODELGATE_GATE_TIME_LIMIT", default=15 * 60)
 
+# How long a web process trusts a token it has already checked (0: check every request). A token
+# revoked elsewhere stops working in this process at the latest after this many seconds.
+MODELGATE_TOKEN_CACHE_SECONDS = env.float("MODELGATE_TOKEN_CACHE_SECONDS", default=5.0)
+
 # --- Serving ---------------------------------------------------------------------------------------
 # Sampled requests and prediction counts are buffered in the web process and written in one bulk
 # insert this often (or sooner when the buffer holds CAPTURE_BATCH requests).

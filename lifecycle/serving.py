@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,9 @@ class RuntimeCache:
         self._lock = threading.Lock()
         self._loading: dict[tuple[int, str], threading.Lock] = {}
 
-    def get(self, artifact: ServedArtifact, signature: dict | None) -> Loaded:
+    def get(self, artifact: ServedArtifact, signature: dict | Callable[[], dict | None] | None) -> Loaded:
+        """The loaded runtime for ``artifact``; ``signature`` (or a function that reads it, called only on
+        a miss) is the source model's, which callers' inputs follow."""
         key = artifact.cache_key
         with self._lock:
             hit = self._items.get(key)
@@ -130,7 +133,7 @@ class RuntimeCache:
             if hit is not None:
                 return hit
             started = time.perf_counter()
-            loaded = load(artifact, signature)
+            loaded = load(artifact, signature() if callable(signature) else signature)
             log.info(
                 "loaded version %s (%s, %s) in %.0f ms",
                 artifact.version_id,

@@ -17,10 +17,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -42,7 +44,7 @@ BATCH_RECORDS = 500
 BUDGET_SECONDS = 20.0  # one task folds batches for at most this long, then hands the run back
 LEASE_SECONDS = 120.0
 RESERVOIR = 2000  # values kept per distribution; quantiles and KS are exact up to this many rows
-PROBES_PER_BATCH = 8  # single-request latency probes of both models per batch
+PROBES_PER_BATCH = 16  # single-request latency probes of both models per batch
 TIMELINE_POINTS = 200
 LABELLED_ROWS_MAX = 50_000
 
@@ -267,10 +269,16 @@ def _reservoir(stats: dict, name: str, values: np.ndarray, seen: int, rng: np.ra
 
 
 def _probe(records: list[dict], cand: Any, champ: Any) -> tuple[list[float], list[float]]:
-    """Single-request latency of both models on the same records, measured the same way."""
+    """Single-request latency of both models on the same records, measured the same way, interleaved."""
     cand_ms, champ_ms = [], []
     step = max(1, len(records) // PROBES_PER_BATCH)
-    for record in records[::step][:PROBES_PER_BATCH]:
+    sample = records[::step][:PROBES_PER_BATCH]
+    for model in (cand, champ):  # warm both up on this shape: the first run allocates
+        try:
+            model.predict(_stack(sample[:1]))
+        except Exception:
+            return [], []
+    for record in sample:
         inputs = _stack([record])
         for model, out in ((cand, cand_ms), (champ, champ_ms)):
             started = time.perf_counter()
@@ -314,13 +322,27 @@ def _fold(run: ShadowRun, records: list[dict], cand: Any, champ: Any, policy: Po
             cell[1] += agreed
     if judged.errors:
         stats["error_samples"] = (stats.get("error_samples", []) + judged.errors)[:5]
+    # Agreement over time: the running agreement at a few record boundaries of this batch.
+    timeline = stats.setdefault("timeline", [])
+    at, agreed_before = timezone.now().isoformat(), stats["agreed"] - int(judged.agreed.sum())
+    step = max(1, len(judged.spans) // 10)
+    for i in [*range(step - 1, len(judged.spans), step)][:10] + (
+        [len(judged.spans) - 1] if judged.spans else []
+    ):
+        end = judged.spans[i][1]
+        seen_rows = run.rows + end
+        point = [
+            at,
+            run.requests + i + 1,
+            round((agreed_before + int(judged.agreed[:end].sum())) / seen_rows, 6),
+        ]
+        if not timeline or timeline[-1][1] != point[1]:
+            timeline.append(point)
+    while len(timeline) > TIMELINE_POINTS:
+        timeline[:] = timeline[::2] if len(timeline) % 2 else [*timeline[:-1:2], timeline[-1]]
     run.requests += len(records)
     run.rows += judged.rows
     run.errors += len(judged.errors)
-    timeline = stats.setdefault("timeline", [])
-    timeline.append([timezone.now().isoformat(), run.requests, round(stats["agreed"] / max(run.rows, 1), 6)])
-    if len(timeline) > TIMELINE_POINTS:
-        stats["timeline"] = timeline[::2] + ([timeline[-1]] if len(timeline) % 2 == 0 else [])
     run.summary = summarize(run)
 
 
@@ -341,7 +363,9 @@ def summarize(run: ShadowRun) -> dict[str, Any]:
     cand, champ = s.get("cand_scores", []), s.get("champ_scores", [])
     shift: dict[str, float | None] = {"ks": None, "ks_pvalue": None, "psi": None}
     if len(cand) >= 2 and len(champ) >= 2:
-        ks = sps.ks_2samp(cand, champ)
+        with warnings.catch_warnings():  # "exact calculation unsuccessful, switching to asymp" is fine
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ks = sps.ks_2samp(cand, champ)
         shift = {"ks": float(ks.statistic), "ks_pvalue": float(ks.pvalue), "psi": _psi(champ, cand)}
     lat_c, lat_b = _quantiles(s.get("cand_ms", [])), _quantiles(s.get("champ_ms", []))
     ratio = lat_c["p95"] / lat_b["p95"] if lat_c["p95"] is not None and lat_b["p95"] else None
@@ -409,42 +433,56 @@ def shadow_evaluate(
         return None
     run = ShadowRun.objects.select_related("candidate__model", "baseline").get(pk=run_id)
     try:
-        if run.candidate.status != S.SHADOWING:
-            return _end(
-                run, ShadowRun.Status.CANCELLED, f"v{run.candidate.version} is {run.candidate.status}"
-            )
-        policy = policy_parse(run.candidate.model.policy)
-        started = time.monotonic()
-        cand = champ = None
-        while time.monotonic() - started < budget:
-            records = list(
-                _pool(run).filter(id__gt=run.cursor).order_by("id").values(*FIELDS)[:BATCH_RECORDS]
-            )
-            if not records:
-                break
-            if cand is None:
-                cand = _runtimes.get(served_artifact_of(run.candidate), run.candidate.signature)
-                champ = _runtimes.get(served_artifact_of(run.baseline), run.baseline.signature)
-            old_cursor = run.cursor
-            _fold(run, records, cand, champ, policy)
-            run.cursor = records[-1]["id"]
-            written = ShadowRun.objects.filter(
-                pk=run.pk, cursor=old_cursor, status=ShadowRun.Status.RUNNING
-            ).update(
-                cursor=run.cursor,
-                stats=run.stats,
-                summary=run.summary,
-                requests=run.requests,
-                rows=run.rows,
-                errors=run.errors,
-            )
-            if not written:
-                return None  # ended or moved on elsewhere meanwhile
-            if run.requests >= policy.shadow.min_requests:
-                break
-        return shadow_conclude(run.pk, now=now, cand=cand, champ=champ)
-    finally:
-        ShadowRun.objects.filter(pk=run_id).update(lease_expires_at=None, attempts=0)
+        result = _evaluate(run, now=now, budget=budget)
+    except Exception as exc:
+        # Not the traffic's fault as far as we know (a model that does not load here, the database):
+        # try again on the next wake-up, and give up after a few attempts rather than forever.
+        if run.attempts < settings.MODELGATE_MAX_TASK_ATTEMPTS:
+            ShadowRun.objects.filter(pk=run_id).update(lease_expires_at=None)
+            raise
+        log.exception("shadow %s failed %s times; ending it", run_id, run.attempts)
+        return _fail(
+            run, f"the shadow could not run after {run.attempts} attempts: {type(exc).__name__}: {exc}"
+        )
+    ShadowRun.objects.filter(pk=run_id).update(lease_expires_at=None, attempts=0)
+    return result
+
+
+def _evaluate(run: ShadowRun, *, now: dt.datetime, budget: float) -> ShadowRun | None:
+    if run.candidate.status != S.SHADOWING:
+        return _end(run, ShadowRun.Status.CANCELLED, f"v{run.candidate.version} is {run.candidate.status}")
+    policy = policy_parse(run.candidate.model.policy)
+    started = time.monotonic()
+    cand = champ = None
+    while time.monotonic() - started < budget:
+        records = list(_pool(run).filter(id__gt=run.cursor).order_by("id").values(*FIELDS)[:BATCH_RECORDS])
+        if not records:
+            break
+        if cand is None:
+            cand = _runtimes.get(served_artifact_of(run.candidate), run.candidate.signature)
+            champ = _runtimes.get(served_artifact_of(run.baseline), run.baseline.signature)
+        old_cursor = run.cursor
+        _fold(run, records, cand, champ, policy)
+        run.cursor = records[-1]["id"]
+        written = ShadowRun.objects.filter(
+            pk=run.pk, cursor=old_cursor, status=ShadowRun.Status.RUNNING
+        ).update(
+            cursor=run.cursor,
+            stats=run.stats,
+            summary=run.summary,
+            requests=run.requests,
+            rows=run.rows,
+            errors=run.errors,
+        )
+        if not written:
+            return None  # ended or moved on elsewhere meanwhile
+        if run.requests >= policy.shadow.min_requests:
+            break
+    return shadow_conclude(run.pk, now=now, cand=cand, champ=champ)
+
+
+def _fail(run: ShadowRun, reason: str) -> ShadowRun | None:
+    return _finish(run, status=ShadowRun.Status.FAILED, reason=reason, summary=run.summary, approve=False)
 
 
 def _end(run: ShadowRun, status: str, reason: str) -> ShadowRun:
@@ -572,39 +610,47 @@ def shadow_conclude(
     )
     if status == ShadowRun.Status.INSUFFICIENT and approve:
         summary["warning"] = reason + "; the policy sends it to the approvers anyway"
-    with transaction.atomic():
-        done = ShadowRun.objects.filter(pk=run.pk, status=ShadowRun.Status.RUNNING).update(
-            status=status, reason=reason, stats=run.stats, summary=summary, ended_at=now
-        )
-        if not done:
-            return None
-        run.refresh_from_db()
-        event_record(
-            kind=EventKind.SHADOW_COMPLETED,
-            actor=ACTOR,
-            version=run.candidate,
-            data={"shadow": run.pk, "verdict": status, "reason": reason, "requests": run.requests},
-        )
-        webhooks.webhooks_emit(
-            event="shadow.completed", version=run.candidate, data={"verdict": status, "reason": reason}
-        )
-        try:
-            if approve:
-                from lifecycle import approval
+    return _finish(run, status=status, reason=reason, summary=summary, approve=approve, now=now)
 
-                approval.await_approval(
-                    version_id=run.candidate_id, actor=ACTOR, reason=summary.get("warning", reason)
-                )
-            else:
-                version_transition(
-                    version_id=run.candidate_id,
-                    to=S.REJECTED,
-                    actor=ACTOR,
-                    reason=reason,
-                    expected=S.SHADOWING,
-                )
-        except TransitionNotAllowed:
-            log.info("%s left shadowing before its verdict", run.candidate.label)
+
+@transaction.atomic
+def _finish(
+    run: ShadowRun, *, status: str, reason: str, summary: dict, approve: bool, now: dt.datetime | None = None
+) -> ShadowRun | None:
+    """End a running shadow with its verdict and move the candidate on, in one transaction."""
+    done = ShadowRun.objects.filter(pk=run.pk, status=ShadowRun.Status.RUNNING).update(
+        status=status,
+        reason=reason,
+        stats=run.stats,
+        summary=summary,
+        ended_at=now or timezone.now(),
+        lease_expires_at=None,
+    )
+    if not done:
+        return None
+    run.refresh_from_db()
+    event_record(
+        kind=EventKind.SHADOW_COMPLETED,
+        actor=ACTOR,
+        version=run.candidate,
+        data={"shadow": run.pk, "verdict": status, "reason": reason, "requests": run.requests},
+    )
+    webhooks.webhooks_emit(
+        event="shadow.completed", version=run.candidate, data={"verdict": status, "reason": reason}
+    )
+    try:
+        if approve:
+            from lifecycle import approval
+
+            approval.await_approval(
+                version_id=run.candidate_id, actor=ACTOR, reason=summary.get("warning", reason)
+            )
+        else:
+            version_transition(
+                version_id=run.candidate_id, to=S.REJECTED, actor=ACTOR, reason=reason, expected=S.SHADOWING
+            )
+    except TransitionNotAllowed:
+        log.info("%s left shadowing before its verdict", run.candidate.label)
     return run
 
 

@@ -269,7 +269,10 @@ class TrafficRecord(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["model", "request_id"], name="uniq_traffic_model_request")
         ]
-        indexes = [models.Index(fields=["model", "id"], name="traffic_model_id")]
+        indexes = [
+            models.Index(fields=["model", "id"], name="traffic_model_id"),
+            models.Index(fields=["model", "at"], name="traffic_model_at"),
+        ]
 
 
 class ShadowRun(models.Model):

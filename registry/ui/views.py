@@ -6,6 +6,7 @@ role), reads through ``registry.selectors`` and writes through services; POST vi
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections import deque
 from itertools import groupby
@@ -42,6 +43,7 @@ from registry.models import (
     Webhook,
     WebhookDelivery,
 )
+from registry.ui import charts
 from registry.ui.forms import (
     DecisionForm,
     RollbackForm,
@@ -159,9 +161,40 @@ def _model_page(
             "status": status,
             "page": Paginator(versions, PAGE_SIZE).get_page(request.GET.get("page")),
             "policy_json": _readable_policy(model.policy),
+            "serving": _serving_view(model),
             **_model_signoff(request, model, webhook_form),
         },
     )
+
+
+def _percent(share: float | None) -> str:
+    return "—" if share is None else f"{share * 100:.1f}%"
+
+
+RATE_WINDOW_MINUTES = 5
+
+
+def _serving_view(model: RegisteredModel) -> dict[str, Any]:
+    """What serves and how busy it is: today's predictions, and the recent rate from sampled captures."""
+    from lifecycle import serving
+    from registry.models import TrafficRecord, Usage
+
+    champion = selectors.model_champion(model)
+    if champion is None:
+        return {}
+    since = timezone.now() - dt.timedelta(minutes=RATE_WINDOW_MINUTES)
+    sampled = TrafficRecord.objects.filter(model=model, source="live", at__gte=since).count()
+    rate = policy_parse(model.policy).shadow.sample_rate
+    today = Usage.objects.filter(version=champion, day=timezone.now().date()).values_list(
+        "predictions", flat=True
+    )
+    return {
+        "version": champion,
+        "via": serving.served_artifact_of(champion).via,
+        "today": sum(today),
+        "rate": sampled / rate / (RATE_WINDOW_MINUTES * 60) if rate else None,
+        "window": RATE_WINDOW_MINUTES,
+    }
 
 
 def _model_signoff(
@@ -260,8 +293,60 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
             "events": [(event, _compact_json(event.data)) for event in events],
             **_version_signoff(request, v),
             "exports": _export_rows(v),
+            "shadow": _shadow_view(v),
         },
     )
+
+
+def _shadow_view(version: ModelVersion) -> dict[str, Any] | None:
+    """The shadow card: progress, agreement over time, output differences, latency, slices."""
+    from lifecycle import shadow
+
+    run = shadow.shadow_latest(version)
+    if run is None:
+        skipped = (
+            version.events.filter(kind="stage.skipped", data__stage="shadow")
+            .values_list("data", flat=True)
+            .first()
+        )
+        return {"skipped": skipped["reason"]} if skipped else None
+    rules = policy_parse(version.model.policy).shadow
+    s = run.summary or {}
+    latency = s.get("latency_ms") or {}
+    cand, champ = latency.get("candidate") or {}, latency.get("champion") or {}
+    histogram = (s.get("diff") or {}).get("histogram") or {}
+    timeline = [(point[1], point[2]) for point in s.get("timeline", [])]
+    slices = [
+        (field, value, cell["rows"], cell["agreement"], _percent(cell["agreement"]))
+        for field, values in sorted((s.get("slices") or {}).items())
+        for value, cell in sorted(values.items())
+    ]
+    return {
+        "run": run,
+        "rules": rules,
+        "progress": min(100, round(100 * run.requests / rules.min_requests)) if rules.min_requests else 100,
+        "summary": s,
+        "agreement": _percent(s.get("agreement")),
+        "min_agreement": _percent(rules.min_agreement),
+        "agreement_chart": charts.line(
+            timeline, label="agreement with the champion against requests seen", threshold=rules.min_agreement
+        ),
+        "diff_chart": charts.histogram(
+            histogram.get("counts", []),
+            histogram.get("edges", []),
+            label="max |candidate − champion| per row",
+        ),
+        "latency_chart": charts.bars(
+            [
+                ("p50", [("candidate", cand.get("p50")), ("champion", champ.get("p50"))]),
+                ("p95", [("candidate", cand.get("p95")), ("champion", champ.get("p95"))]),
+            ],
+            label="single-request latency, candidate and champion",
+            unit="ms",
+        ),
+        "slices": slices,
+        "earlier": list(version.shadow_runs.exclude(pk=run.pk).select_related("baseline").order_by("-id")),
+    }
 
 
 EXPORT_BADGES = {

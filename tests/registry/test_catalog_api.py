@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import boto3
 import pytest
@@ -109,16 +110,34 @@ def test_both_bearer_and_token_schemes_are_accepted_and_a_bad_token_is_401(owner
     assert response.json()["error"]["message"]
 
 
-def test_an_expired_or_revoked_token_is_refused(owner, fraud_model):
-    from registry.auth import token_revoke
+def test_an_expired_or_revoked_token_is_refused(owner, fraud_model, settings):
+    from registry.auth import token_cache, token_revoke
     from registry.models import ApiToken
 
     token = ApiToken.objects.get(user=owner.user)
     ApiToken.objects.filter(pk=token.pk).update(expiry=timezone.now() - dt.timedelta(seconds=1))
+    # Written behind the process's back: it takes effect once the token cache's entry lapses.
+    token_cache.forget(token.token_key)
     assert owner.client.get("/api/v1/models/fraud/").status_code == 401
     ApiToken.objects.filter(pk=token.pk).update(expiry=None)
     assert owner.client.get("/api/v1/models/fraud/").status_code == 200
+    # Revoked through the service: refused at once, cache or not.
     token_revoke(token=token, actor="tests")
+    assert owner.client.get("/api/v1/models/fraud/").status_code == 401
+
+
+def test_the_token_cache_keeps_a_token_for_its_lifetime_only(owner, fraud_model, settings):
+    from registry.auth import token_cache
+    from registry.models import ApiToken
+
+    settings.MODELGATE_TOKEN_CACHE_SECONDS = 0.5
+    token_cache.forget(ApiToken.objects.get(user=owner.user).token_key)
+    assert owner.client.get("/api/v1/models/fraud/").status_code == 200
+    ApiToken.objects.filter(user=owner.user).delete()  # behind the cache's back
+    assert owner.client.get("/api/v1/models/fraud/").status_code == 200  # still cached
+    time.sleep(0.6)
+    assert owner.client.get("/api/v1/models/fraud/").status_code == 401
+    settings.MODELGATE_TOKEN_CACHE_SECONDS = 0  # off: every request is checked
     assert owner.client.get("/api/v1/models/fraud/").status_code == 401
 
 

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -230,10 +231,17 @@ def test_capture_loses_no_sampled_request_under_8_concurrent_clients(fraud_model
 
 def served_champion(model, tmp_path) -> ModelVersion:
     """A production v1 of ``model`` with a real ONNX artifact, put there without the pipeline."""
-    from registry.services import Upload, model_version_register
     from tests.lifecycle.test_pipeline import make_champion
 
-    path = builders.threshold_onnx_classifier(tmp_path)
+    version = version_from(model, builders.threshold_onnx_classifier(tmp_path), 1)
+    make_champion(version)
+    return ModelVersion.objects.get(pk=version.pk)
+
+
+def version_from(model, path, number: int) -> ModelVersion:
+    """Register ``path`` as version ``number`` and mark it validated (gates run elsewhere)."""
+    from registry.services import Upload, model_version_register
+
     upload = Upload(
         path=path,
         sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -249,8 +257,8 @@ def served_champion(model, tmp_path) -> ModelVersion:
         },
     )
     version.refresh_from_db()
-    make_champion(version)
-    return ModelVersion.objects.get(pk=version.pk)
+    assert version.version == number
+    return version
 
 
 def test_predict_refuses_a_wrong_shape_naming_the_signature_and_404s_without_a_champion(
@@ -362,3 +370,36 @@ def test_the_verdict_fails_on_latency_errors_and_a_worse_labelled_metric():
         shadow._failures({**summary, "errors": 0, "labelled": None, "latency_ms": {"p95_ratio": 1.0}}, policy)
         == []
     )
+
+
+def test_two_evaluations_at_once_count_every_record_exactly_once(fraud_model, owner, tmp_path):
+    set_policy(owner, {**shadow_policy(), "shadow": {"min_requests": 10_000}})
+    champion = served_champion(fraud_model, tmp_path / "1")
+    candidate = version_from(fraud_model, builders.threshold_onnx_classifier(tmp_path / "2", scale=1.0001), 2)
+    run = shadow.shadow_start(version=candidate, champion=champion, actor="tests")
+    data = rows(1200, seed=9)
+    TrafficRecord.objects.bulk_create(
+        TrafficRecord(model=fraud_model, request_id=f"r{i}", source="recorded", inputs=[row.tolist()], rows=1)
+        for i, row in enumerate(data)
+    )
+
+    def evaluate() -> None:
+        try:
+            shadow.shadow_evaluate(run.pk)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=evaluate) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    deadline = time.monotonic() + 60  # a shared worker may hold the lease; it counts the same way
+    while ShadowRun.objects.get(pk=run.pk).requests < 1200 and time.monotonic() < deadline:
+        shadow.shadow_evaluate(run.pk)
+        time.sleep(0.2)
+
+    run.refresh_from_db()
+    assert (run.requests, run.rows, run.status) == (1200, 1200, "running")
+    assert run.cursor == TrafficRecord.objects.order_by("-id").first().pk
+    assert run.summary["agreement"] == 1.0

@@ -32,6 +32,7 @@ from lifecycle.pipeline import enqueue_on_commit
 from lifecycle.policy import MetricGate, NoRegressionGate, Policy, policy_parse
 from lifecycle.serving import RuntimeCache, served_artifact_of
 from lifecycle.states import TransitionNotAllowed, version_transition
+from lifecycle.traffic import unpack
 from registry.events import Actor, event_record
 from registry.models import EventKind, ModelVersion, ShadowRun, TrafficRecord
 from registry.models import VersionStatus as S
@@ -40,13 +41,14 @@ log = logging.getLogger(__name__)
 
 ACTOR = "system:shadow"
 EVALUATE = "workers.shadow.evaluate_model_shadows"
-BATCH_RECORDS = 500
+BATCH_RECORDS = 2000
+SUMMARY_SECONDS = 2.0  # the readable summary is refreshed this often during a task, and at its end
 BUDGET_SECONDS = 20.0  # one task folds batches for at most this long, then hands the run back
 LEASE_SECONDS = 120.0
 RESERVOIR = 2000  # values kept per distribution; quantiles and KS are exact up to this many rows
 PROBES_PER_BATCH = 16  # single-request latency probes of both models per batch
 TIMELINE_POINTS = 200
-LABELLED_ROWS_MAX = 50_000
+LABELLED_RECORDS_MAX = 50_000
 
 _runtimes = RuntimeCache(size=6)
 
@@ -157,14 +159,19 @@ def is_classifier(policy: Policy, outputs: np.ndarray | None = None) -> bool:
     return outputs is not None and outputs.shape[1] > 1
 
 
+def _inputs(record: dict) -> Any:
+    if "_inputs" not in record:
+        record["_inputs"] = unpack(record["inputs"], record["input_layout"])
+    return record["_inputs"]
+
+
 def _stack(records: list[dict]) -> Any:
-    first = records[0]["inputs"]
+    first = _inputs(records[0])
+    if len(records) == 1:
+        return first
     if isinstance(first, dict):
-        return {
-            name: np.concatenate([np.asarray(r["inputs"][name], np.float32) for r in records])
-            for name in first
-        }
-    return np.concatenate([np.asarray(r["inputs"], np.float32) for r in records])
+        return {name: np.concatenate([_inputs(r)[name] for r in records]) for name in first}
+    return np.concatenate([_inputs(r) for r in records])
 
 
 def _predict(model: Any, records: list[dict]) -> tuple[np.ndarray | None, list[str]]:
@@ -200,7 +207,8 @@ def _outputs(records: list[dict], cand: Any, champ: Any, baseline_id: int) -> tu
         cand_parts = whole if whole is not None else [None] * len(records)
     reuse = [r["served_by_id"] == baseline_id and r["outputs"] is not None for r in records]
     champ_parts: list[np.ndarray | None] = [
-        _first(r["outputs"]) if ok else None for r, ok in zip(records, reuse, strict=True)
+        _first(unpack(r["outputs"], r["output_layout"])) if ok else None
+        for r, ok in zip(records, reuse, strict=True)
     ]
     missing = [i for i, ok in enumerate(reuse) if not ok]
     if missing:
@@ -227,8 +235,9 @@ def _judge(
         and champ_parts[i] is not None
         and cand_parts[i].shape == champ_parts[i].shape
     ]
+    kept = set(keep)
     for i in range(len(records)):
-        if i not in keep and cand_parts[i] is not None:
+        if i not in kept and cand_parts[i] is not None:
             errors.append(
                 f"request {records[i]['request_id']}: the candidate's output shape differs from the champion's"
             )
@@ -257,15 +266,17 @@ def _judge(
 def _reservoir(stats: dict, name: str, values: np.ndarray, seen: int, rng: np.random.Generator) -> None:
     """Algorithm R over batches: a uniform sample of at most RESERVOIR of all values seen."""
     kept = stats.setdefault(name, [])
-    values = values.astype(float)
+    values = values.astype(float).round(7)
     room = max(0, RESERVOIR - len(kept))
-    kept.extend(values[:room].round(7).tolist())
+    kept.extend(values[:room].tolist())
     rest = values[room:]
     if len(rest):
+        # The i-th later value replaces a random slot with probability RESERVOIR / (its position).
         positions = rng.integers(0, seen + room + np.arange(1, len(rest) + 1))
-        for j, value in zip(positions, rest, strict=True):
-            if j < RESERVOIR:
-                kept[j] = round(float(value), 7)
+        hit = positions < RESERVOIR
+        sample = np.asarray(kept)
+        sample[positions[hit]] = rest[hit]
+        stats[name] = sample.tolist()
 
 
 def _probe(records: list[dict], cand: Any, champ: Any) -> tuple[list[float], list[float]]:
@@ -343,7 +354,6 @@ def _fold(run: ShadowRun, records: list[dict], cand: Any, champ: Any, policy: Po
     run.requests += len(records)
     run.rows += judged.rows
     run.errors += len(judged.errors)
-    run.summary = summarize(run)
 
 
 def _quantiles(values: list[float]) -> dict[str, float | None]:
@@ -412,7 +422,17 @@ def _pool(run: ShadowRun):
     return TrafficRecord.objects.filter(model_id=run.candidate.model_id, at__gte=run.since)
 
 
-FIELDS = ("id", "request_id", "inputs", "rows", "outputs", "served_by_id", "metadata", "labels")
+FIELDS = (
+    "id",
+    "request_id",
+    "inputs",
+    "input_layout",
+    "rows",
+    "outputs",
+    "output_layout",
+    "served_by_id",
+    "metadata",
+)
 
 
 def shadow_evaluate(
@@ -453,6 +473,7 @@ def _evaluate(run: ShadowRun, *, now: dt.datetime, budget: float) -> ShadowRun |
         return _end(run, ShadowRun.Status.CANCELLED, f"v{run.candidate.version} is {run.candidate.status}")
     policy = policy_parse(run.candidate.model.policy)
     started = time.monotonic()
+    summarized = started
     cand = champ = None
     while time.monotonic() - started < budget:
         records = list(_pool(run).filter(id__gt=run.cursor).order_by("id").values(*FIELDS)[:BATCH_RECORDS])
@@ -464,6 +485,13 @@ def _evaluate(run: ShadowRun, *, now: dt.datetime, budget: float) -> ShadowRun |
         old_cursor = run.cursor
         _fold(run, records, cand, champ, policy)
         run.cursor = records[-1]["id"]
+        last = (
+            len(records) < BATCH_RECORDS
+            or run.requests >= policy.shadow.min_requests
+            or time.monotonic() - started >= budget
+        )
+        if last or time.monotonic() - summarized >= SUMMARY_SECONDS:
+            run.summary, summarized = summarize(run), time.monotonic()
         written = ShadowRun.objects.filter(
             pk=run.pk, cursor=old_cursor, status=ShadowRun.Status.RUNNING
         ).update(
@@ -476,7 +504,7 @@ def _evaluate(run: ShadowRun, *, now: dt.datetime, budget: float) -> ShadowRun |
         )
         if not written:
             return None  # ended or moved on elsewhere meanwhile
-        if run.requests >= policy.shadow.min_requests:
+        if last:
             break
     return shadow_conclude(run.pk, now=now, cand=cand, champ=champ)
 
@@ -511,7 +539,7 @@ def _labelled_metric(run: ShadowRun, policy: Policy, cand: Any, champ: Any) -> d
         .filter(id__lte=run.cursor)
         .exclude(labels=None)
         .order_by("id")
-        .values(*FIELDS)[:LABELLED_ROWS_MAX]
+        .values(*FIELDS, "labels")[:LABELLED_RECORDS_MAX]
     )
     if not records:
         return None

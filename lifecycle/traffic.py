@@ -7,6 +7,7 @@ and a bad line is named by its number.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import uuid
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
+import numpy as np
 from django.db import IntegrityError, transaction
 
 from lifecycle import runtimes
@@ -37,6 +39,71 @@ class TrafficInvalid(ServiceError):
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+# --- packing arrays ---------------------------------------------------------------------------------
+
+
+def pack(arrays: Any) -> tuple[bytes, str]:
+    """An array, or ``{name: array}``, as raw bytes and a JSON layout ``[[name, dtype, shape], ...]``."""
+    items = arrays.items() if isinstance(arrays, dict) else [("", arrays)]
+    parts, layout = [], []
+    for name, array in items:
+        array = np.ascontiguousarray(array)
+        parts.append(array.tobytes())
+        layout.append([name, array.dtype.str, list(array.shape)])
+    return b"".join(parts), json.dumps(layout, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(text: str) -> tuple[tuple[str, np.dtype, tuple[int, ...], int], ...]:
+    return tuple(
+        (name, np.dtype(dtype), tuple(shape), int(np.prod(shape, dtype=np.int64)))
+        for name, dtype, shape in json.loads(text)
+    )
+
+
+def unpack(blob: bytes | memoryview, layout: str) -> Any:
+    """The inverse of :func:`pack`: views on ``blob``, no copy."""
+    arrays, offset = {}, 0
+    for name, dtype, shape, count in _layout(layout):
+        arrays[name] = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(shape)
+        offset += count * dtype.itemsize
+    return arrays[""] if len(arrays) == 1 and "" in arrays else arrays
+
+
+def traffic_record(
+    *,
+    model_id: int,
+    inputs: Any,
+    rows: int,
+    source: str = TrafficRecord.Source.RECORDED,
+    request_id: str | None = None,
+    outputs: Any = None,
+    served_by_id: int | None = None,
+    latency_ms: float | None = None,
+    labels: list | None = None,
+    metadata: dict | None = None,
+    at: Any = None,
+) -> TrafficRecord:
+    """A TrafficRecord (unsaved) with its arrays packed."""
+    blob, layout = pack(inputs)
+    out_blob, out_layout = pack(outputs) if outputs is not None else (None, "")
+    return TrafficRecord(
+        model_id=model_id,
+        request_id=request_id or new_request_id(),
+        source=source,
+        inputs=blob,
+        input_layout=layout,
+        rows=rows,
+        outputs=out_blob,
+        output_layout=out_layout,
+        served_by_id=served_by_id,
+        latency_ms=latency_ms,
+        labels=labels,
+        metadata=metadata or {},
+        **({"at": at} if at is not None else {}),
+    )
 
 
 # --- capture ------------------------------------------------------------------------------------------
@@ -163,15 +230,8 @@ def _record(number: int, item: Any, model: RegisteredModel, signature: runtimes.
     request_id = str(item.get("request_id") or new_request_id())
     if len(request_id) > REQUEST_ID_CHARS:
         raise TrafficInvalid(f"{where}: request_id is longer than {REQUEST_ID_CHARS} characters")
-    inputs = {name: a.tolist() for name, a in arrays.items()} if isinstance(arrays, dict) else arrays.tolist()
-    return TrafficRecord(
-        model=model,
-        request_id=request_id,
-        source=TrafficRecord.Source.RECORDED,
-        inputs=inputs,
-        rows=rows,
-        labels=labels,
-        metadata=metadata,
+    return traffic_record(
+        model_id=model.pk, inputs=arrays, rows=rows, request_id=request_id, labels=labels, metadata=metadata
     )
 
 

@@ -244,6 +244,9 @@ class TrafficRecord(models.Model):
     Shadows replay these: the candidate runs on ``inputs``; ``outputs`` are the champion's answers as
     served by ``served_by``, reused when that version is the shadow's baseline. ``labels`` (ground truth,
     one per row) may arrive later, by ``request_id``; ``metadata`` holds the request's slice fields.
+
+    Inputs and outputs are stored as raw array bytes, described by their layout (``lifecycle.traffic``
+    packs and unpacks them): a shadow reads them ~35x faster than JSON (bench/serving_overhead.py).
     """
 
     class Source(models.TextChoices):
@@ -253,9 +256,11 @@ class TrafficRecord(models.Model):
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="traffic")
     request_id = models.CharField(max_length=64)
     source = models.CharField(max_length=8, choices=Source.choices)
-    inputs = models.JSONField()  # a batch: [[...], ...], or {name: batch} for multi-input models
+    inputs = models.BinaryField()
+    input_layout = models.CharField(max_length=2000)  # JSON: [[name, dtype, shape], ...]
     rows = models.PositiveIntegerField()
-    outputs = models.JSONField(null=True, blank=True)
+    outputs = models.BinaryField(null=True, blank=True)
+    output_layout = models.CharField(max_length=2000, blank=True, default="")
     served_by = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

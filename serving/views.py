@@ -170,16 +170,13 @@ class PredictView(APIView):
         sampled = random.random() < _sample_rate(row["policy"])
         record = None
         if sampled:
-            inputs = (
-                {k: a.tolist() for k, a in arrays.items()} if isinstance(arrays, dict) else arrays.tolist()
-            )
-            record = TrafficRecord(
+            record = traffic.traffic_record(
                 model_id=row["model_id"],
                 request_id=request_id,
                 source=TrafficRecord.Source.LIVE,
-                inputs=inputs,
+                inputs=arrays,
                 rows=rows,
-                outputs=answer,
+                outputs=outputs,
                 served_by_id=row["id"],
                 latency_ms=latency_ms,
                 metadata=metadata,

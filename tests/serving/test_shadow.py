@@ -15,6 +15,7 @@ import pytest
 from django.db import connections
 
 from lifecycle import approval, shadow
+from lifecycle.traffic import traffic_record
 from registry.models import ModelVersion, ShadowRun, TrafficRecord, Usage
 from serving.capture import buffer
 from tests import builders
@@ -379,7 +380,7 @@ def test_two_evaluations_at_once_count_every_record_exactly_once(fraud_model, ow
     run = shadow.shadow_start(version=candidate, champion=champion, actor="tests")
     data = rows(1200, seed=9)
     TrafficRecord.objects.bulk_create(
-        TrafficRecord(model=fraud_model, request_id=f"r{i}", source="recorded", inputs=[row.tolist()], rows=1)
+        traffic_record(model_id=fraud_model.pk, request_id=f"r{i}", inputs=row[np.newaxis], rows=1)
         for i, row in enumerate(data)
     )
 

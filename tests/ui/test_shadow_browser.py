@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from playwright.sync_api import Page, expect
 
 from lifecycle import shadow
+from lifecycle.traffic import traffic_record
 from registry.models import ModelRole, Role, TrafficRecord
 from tests import builders
 from tests.serving.test_shadow import rows, served_champion, version_from
@@ -37,11 +38,10 @@ def shadowed(fraud_model, tmp_path):
     run = shadow.shadow_start(version=candidate, champion=champion, actor="tests")
     data = rows(400, disagree=0.05, seed=7)
     TrafficRecord.objects.bulk_create(
-        TrafficRecord(
-            model=fraud_model,
+        traffic_record(
+            model_id=fraud_model.pk,
             request_id=f"r{i}",
-            source="recorded",
-            inputs=batch.tolist(),
+            inputs=batch,
             rows=len(batch),
             metadata={"country": ["DE", "FR", "PL"][i % 3]},
         )

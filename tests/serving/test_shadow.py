@@ -404,3 +404,30 @@ def test_two_evaluations_at_once_count_every_record_exactly_once(fraud_model, ow
     assert (run.requests, run.rows, run.status) == (1200, 1200, "running")
     assert run.cursor == TrafficRecord.objects.order_by("-id").first().pk
     assert run.summary["agreement"] == 1.0
+
+
+def test_predict_prefers_a_passed_onnx_export_and_picks_it_up_without_a_restart(
+    fraud_model, viewer, tmp_path
+):
+    from lifecycle.states import version_transition
+    from registry.models import Alias, Export
+    from registry.storage import blob_put
+
+    keras = version_from(fraud_model, builders.tiny_keras_classifier(tmp_path / "source"), 1)
+    for to in ("awaiting_approval", "production"):
+        version_transition(version_id=keras.pk, to=to, actor="tests")
+    Alias.objects.create(model=fraud_model, name="champion", version=keras)
+    one = [[0.5, 0.0, 0.0, 0.0]]
+    from_keras = predict(viewer.client, one).json()["outputs"][0]
+    # An "export" that answers differently (softmax([0, x0 - 1])), so the test can tell who answered.
+    export_path = builders.threshold_onnx_classifier(tmp_path / "export", shift=1.0)
+    with export_path.open("rb") as fh:
+        key = blob_put(fh, sha256=hashlib.sha256(export_path.read_bytes()).hexdigest(), kind="exports")
+    export = Export.objects.create(version=keras, format="onnx", status="running", artifact_key=key)
+    assert predict(viewer.client, one).json()["outputs"][0] == from_keras  # not passed yet: the source
+
+    Export.objects.filter(pk=export.pk).update(status="passed")
+
+    answer = predict(viewer.client, one)
+    assert answer.status_code == 200 and answer.json()["version"] == 1
+    assert np.allclose(answer.json()["outputs"][0], [0.6224593, 0.3775407], atol=1e-6)  # the export answers

@@ -356,6 +356,12 @@ class HistoryView(APIView):
                 raise ValidationError({"at": ["an ISO 8601 date and time, e.g. 2026-11-23T14:02:00Z"]})
             if at.tzinfo is None:
                 at = at.replace(tzinfo=dt.UTC)
+            try:
+                # In UTC before the database sees it: PostgreSQL refuses offsets beyond ±15:59, which
+                # Python accepts (e.g. -21:54).
+                at = at.astimezone(dt.UTC)
+            except OverflowError:
+                raise ValidationError({"at": ["out of range once converted to UTC"]}) from None
             entry = selectors.served_at(model, at)
             serving = entry.version.version if entry and entry.version else None
             return Response(

@@ -10,7 +10,16 @@ from kombu import Exchange, Queue
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 # Task modules: the pipeline (gates, reconciler), the export branches, sign-off and webhooks, shadows.
-app = Celery("modelgate", include=["workers.tasks", "workers.exports", "workers.approvals", "workers.shadow"])
+app = Celery(
+    "modelgate",
+    include=[
+        "workers.tasks",
+        "workers.exports",
+        "workers.approvals",
+        "workers.shadow",
+        "workers.maintenance",
+    ],
+)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 QUEUES = ("pipeline", "gates", "exports", "shadow", "maintenance")
@@ -25,6 +34,7 @@ app.conf.update(
         "workers.exports.*": {"queue": "exports"},
         "workers.approvals.*": {"queue": "pipeline"},
         "workers.shadow.*": {"queue": "shadow"},
+        "workers.maintenance.*": {"queue": "maintenance"},
     },
     # A task is acknowledged only once it has finished, and a worker that dies mid-task (SIGKILL, OOM)
     # hands its message back instead of losing it. The database lease and attempt counter make the

@@ -180,6 +180,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "workers.shadow.evaluate_shadows",
         "schedule": env.float("MODELGATE_SHADOW_SECONDS", default=30.0),
     },
+    "retirement-sweep": {
+        "task": "workers.maintenance.retirement_sweep",
+        "schedule": env.float("MODELGATE_RETIREMENT_SECONDS", default=3600.0),
+    },
     "webhook-retries": {
         "task": "workers.approvals.retry_webhooks",
         "schedule": env.float("MODELGATE_WEBHOOK_RETRY_SECONDS", default=15.0),
@@ -202,6 +206,10 @@ MODELGATE_GATE_TIME_LIMIT = env.int("MODELGATE_GATE_TIME_LIMIT", default=15 * 60
 # How long a web process trusts a token it has already checked (0: check every request). A token
 # revoked elsewhere stops working in this process at the latest after this many seconds.
 MODELGATE_TOKEN_CACHE_SECONDS = env.float("MODELGATE_TOKEN_CACHE_SECONDS", default=5.0)
+
+# The retirement sweep (warn, retire, purge unused versions; see docs/retirement.md). It is idempotent,
+# so running it hourly only acts once a day per version. false switches it off everywhere.
+MODELGATE_RETIREMENT_ENABLED = env.bool("MODELGATE_RETIREMENT_ENABLED", default=True)
 
 # --- Serving ---------------------------------------------------------------------------------------
 # Sampled requests and prediction counts are buffered in the web process and written in one bulk

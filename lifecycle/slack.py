@@ -187,6 +187,20 @@ def message_update(version_id: int) -> bool:
     return True
 
 
+def notify(channel: str, text: str) -> bool:
+    """Post a plain notification (retirement warnings and the like) to a channel."""
+    if not configured():
+        return False
+    from slack_sdk.errors import SlackApiError
+
+    try:
+        client().chat_postMessage(channel=channel, text=text, unfurl_links=False)
+    except (SlackApiError, OSError) as exc:
+        log.warning("could not notify %s: %s", channel, exc)
+        return False
+    return True
+
+
 def respond(response_url: str, text: str) -> None:
     """An ephemeral answer to the clicker, through the interaction's response_url."""
     from slack_sdk.webhook import WebhookClient

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from lifecycle import webhooks
-from registry.events import Actor, event_record
+from registry.events import Actor, actor_label, event_record
 from registry.models import EventKind, ModelVersion
 from registry.models import VersionStatus as S
 
@@ -80,3 +80,58 @@ def version_transition(
             event=webhooks.STATUS_EVENTS[to], version=version, data={"from": old, "reason": reason}
         )
     return version
+
+
+def versions_transition_bulk(
+    *,
+    versions: list[tuple[int, int, str]],
+    to: str,
+    actor: Actor,
+    reason: str,
+    data_of: dict[int, dict] | None = None,
+    also: dict[str, Any] | None = None,
+) -> set[int]:
+    """Move many versions, given as ``(id, model_id, status)``, to ``to`` in a constant number of queries
+    (the retirement sweep's path).
+
+    Each version moves only if it still has the status it was read with, and only along
+    ``TRANSITIONS``; each move gets its audit event and webhook. Returns the ids that moved.
+    """
+    from registry.events import events_bulk
+
+    movable = [v for v in versions if to in TRANSITIONS.get(v[2], frozenset())]
+    if not movable:
+        return set()
+    now = timezone.now()
+    label = actor_label(actor)
+    with transaction.atomic():
+        locked = set(
+            ModelVersion.objects.select_for_update()
+            .filter(pk__any=[pk for pk, _, _ in movable], status__in={status for _, _, status in movable})
+            .values_list("id", "status")
+        )
+        moved = [v for v in movable if (v[0], v[2]) in locked]
+        ModelVersion.objects.filter(pk__any=[pk for pk, _, _ in moved]).update(
+            status=to, status_changed_at=now, status_reason=reason, **(also or {})
+        )
+        events_bulk(
+            [
+                {
+                    "kind": EventKind.VERSION_TRANSITIONED,
+                    "actor": label,
+                    "model_id": model_id,
+                    "version_id": pk,
+                    "data": {"from": status, "to": to, "reason": reason, **(data_of or {}).get(pk, {})},
+                    "at": now,
+                }
+                for pk, model_id, status in moved
+            ]
+        )
+        if to in webhooks.STATUS_EVENTS:
+            webhooks.webhooks_emit_many(
+                [
+                    (webhooks.STATUS_EVENTS[to], pk, model_id, {"from": status, "reason": reason})
+                    for pk, model_id, status in moved
+                ]
+            )
+    return {pk for pk, _, _ in moved}

@@ -37,6 +37,10 @@ EVENTS = (
     "version.retired",
     "export.completed",
     "shadow.completed",
+    "version.retirement_warned",
+    "version.retirement_cancelled",
+    "version.purged",
+    "version.restored",
     "ping",
 )
 # Status moves that are announced, by the status a version reaches.
@@ -130,6 +134,41 @@ def webhooks_emit(
 
         enqueue_on_commit(DELIVER, delivery.pk)
     return deliveries
+
+
+def webhooks_emit_many(items: list[tuple[str, int, int, dict]]) -> int:
+    """``webhooks_emit`` for many versions at once, ``(event, version_id, model_id, data)`` each: one
+    query for the hooks, and only when a model has one, one for its versions and one insert."""
+    if not items:
+        return 0
+    hooks: dict[int, list[Webhook]] = {}
+    for hook in Webhook.objects.filter(model_id__in={m for _, _, m, _ in items}, active=True).select_related(
+        "model"
+    ):
+        hooks.setdefault(hook.model_id, []).append(hook)
+    wanted = [(e, v, m, d) for e, v, m, d in items if m in hooks]
+    if not wanted:
+        return 0
+    versions = ModelVersion.objects.in_bulk([v for _, v, _, _ in wanted])
+    now = timezone.now()
+    deliveries = [
+        WebhookDelivery(
+            webhook=hook,
+            event=event,
+            delivery_id=uuid.uuid4(),
+            payload=_payload(event, hook.model, versions[version_id], data),
+            next_attempt_at=now,
+        )
+        for event, version_id, model_id, data in wanted
+        if version_id in versions
+        for hook in hooks[model_id]
+        if not hook.events or event in hook.events
+    ]
+    from lifecycle.pipeline import enqueue_on_commit
+
+    for delivery in WebhookDelivery.objects.bulk_create(deliveries):
+        enqueue_on_commit(DELIVER, delivery.pk)
+    return len(deliveries)
 
 
 def _backoff(attempt: int) -> float:

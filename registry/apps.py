@@ -7,4 +7,5 @@ class RegistryConfig(AppConfig):
 
     def ready(self) -> None:
         # Registers the OpenAPI description of token auth with drf-spectacular.
-        import registry.api.schema  # noqa: F401
+        import registry.api.schema
+        import registry.lookups  # noqa: F401  (``id__any``)

@@ -115,6 +115,10 @@ class ModelVersion(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     enqueued_at = models.DateTimeField(null=True, blank=True)  # last time the reconciler re-sent it
     purged_at = models.DateTimeField(null=True, blank=True)
+    # Retirement: set when the sweep warns that this version will be retired on ``retire_on``;
+    # cleared when a use (or an exemption) cancels the warning.
+    retirement_warned_at = models.DateTimeField(null=True, blank=True)
+    retire_on = models.DateField(null=True, blank=True)
 
     class Meta:
         ordering = ["model_id", "-version"]
@@ -512,6 +516,11 @@ class EventKind(models.TextChoices):
     SHADOW_COMPLETED = "shadow.completed"
     SHADOW_ENDED = "shadow.ended"  # superseded by a promotion, or its candidate left shadowing
     TRAFFIC_UPLOADED = "traffic.uploaded"
+    RETIREMENT_WARNED = "retirement.warned"
+    RETIREMENT_CANCELLED = "retirement.cancelled"
+    VERSION_PURGED = "version.purged"
+    VERSION_RESTORED = "version.restored"
+    VERSION_PINNED = "version.pinned"
 
 
 class Event(models.Model):

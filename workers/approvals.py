@@ -22,6 +22,11 @@ def slack_respond(response_url: str, text: str) -> None:
     slack.respond(response_url, text)
 
 
+@shared_task(name="workers.approvals.slack_notify", acks_late=True)
+def slack_notify(channel: str, text: str) -> None:
+    slack.notify(channel, text)
+
+
 @shared_task(name="workers.approvals.expire_approvals", ignore_result=True)
 def expire_approvals() -> None:
     approval.approvals_expire()

@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from registry.api import exports, signoff
+from registry.api import exports, retirement, signoff
 from registry.api import views as v
 
 urlpatterns = [
@@ -45,6 +45,19 @@ urlpatterns = [
         "models/<slug:name>/versions/<int:version>/reject/",
         signoff.RejectView.as_view(),
         name="version-reject",
+    ),
+    path(
+        "models/<slug:name>/versions/<int:version>/retire/",
+        retirement.VersionRetireView.as_view(),
+        name="version-retire",
+    ),
+    path(
+        "models/<slug:name>/versions/<int:version>/restore/",
+        retirement.VersionRestoreView.as_view(),
+        name="version-restore",
+    ),
+    path(
+        "retirement/candidates/", retirement.RetirementCandidatesView.as_view(), name="retirement-candidates"
     ),
     path("models/<slug:name>/rollback/", signoff.RollbackView.as_view(), name="model-rollback"),
     path("models/<slug:name>/webhooks/", signoff.WebhookListView.as_view(), name="webhook-list"),

@@ -35,9 +35,11 @@ from registry.models import (
     ApiToken,
     Approval,
     Event,
+    ModelRole,
     ModelVersion,
     Promotion,
     RegisteredModel,
+    Role,
     SlackIdentity,
     VersionStatus,
     Webhook,
@@ -642,6 +644,38 @@ def inbox(request: HttpRequest) -> HttpResponse:
         # What approval.quorum(v) says, from the annotation instead of one count per row.
         rows.append({"version": v, "quorum": approval.Quorum(v.approvals_so_far, required[v.model_id])})
     return render(request, "registry/inbox.html", {"page": page, "rows": rows})
+
+
+def retirement_page(request: HttpRequest) -> HttpResponse:
+    """Upcoming retirements (warned versions, soonest first) on the models the user can see."""
+    warned = (
+        ModelVersion.objects.filter(
+            retire_on__isnull=False, model__in=selectors.models_visible_to(request.user)
+        )
+        .select_related("model")
+        .order_by("retire_on", "model__name", "version")
+    )
+    page = Paginator(warned, PAGE_SIZE).get_page(request.GET.get("page"))
+    owned = set(
+        ModelRole.objects.filter(user=request.user, role=Role.OWNER).values_list("model_id", flat=True)
+    )
+    rows = [
+        {"version": v, "can_keep": request.user.is_staff or v.model_id in owned} for v in page.object_list
+    ]
+    return render(request, "registry/retirement.html", {"page": page, "rows": rows})
+
+
+@require_POST
+def version_keep(request: HttpRequest, name: str, version: int) -> HttpResponse:
+    """The "keep" button: pin the version so the sweep leaves it alone (owners)."""
+    from lifecycle import retirement
+
+    v = _version_for_user(request, name, version)
+    if not selectors.user_can(request.user, v.model, "manage"):
+        raise PermissionDenied(f"you need the owner role on {name} to keep a version")
+    retirement.version_pin(version=v, actor=request.user)
+    messages.success(request, f"{v.label} is pinned: the retirement sweep leaves it alone.")
+    return redirect(request.POST.get("next") or reverse("ui:retirement"))
 
 
 @require_GET

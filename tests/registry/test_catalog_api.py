@@ -283,7 +283,10 @@ def test_history_answers_what_served_at_a_time(owner, fraud_model):
     # An offset Python accepts but PostgreSQL does not (schemathesis found it): converted, not a 500.
     odd = owner.client.get("/api/v1/models/fraud/history/", {"at": "1305-07-03T20:05:54-21:54"})
     assert odd.status_code == 200 and odd.json()["version"] is None
-    assert owner.client.get("/api/v1/models/fraud/history/", {"at": "0001-01-01T00:00:00+10:00"}).status_code == 400
+    assert (
+        owner.client.get("/api/v1/models/fraud/history/", {"at": "0001-01-01T00:00:00+10:00"}).status_code
+        == 400
+    )
 
 
 # --- lineage ------------------------------------------------------------------------------------

@@ -77,3 +77,37 @@ def test_the_version_page_draws_the_shadow_and_the_model_page_shows_what_serves(
     expect(page.get_by_test_id("serving")).to_contain_text("v1")
     expect(page.get_by_test_id("serving")).to_contain_text("predictions today")
     screenshot(page, "shadow-model-page")
+
+
+def test_the_retirement_page_lists_upcoming_retirements_and_keep_pins_the_version(
+    page: Page, fraud_model, owner
+):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from lifecycle import retirement
+    from registry.models import Event, ModelVersion
+    from tests.factories import ModelVersionFactory
+
+    owner.user.set_password(PASSWORD)
+    owner.user.save()
+    old = timezone.now() - dt.timedelta(days=60)
+    for number in range(1, 6):
+        ModelVersionFactory(model=fraud_model, version=number, status="archived", created_at=old)
+    retirement.retirement_sweep()  # warns v1 and v2 (v3..v5 are the newest three)
+
+    log_in(page, "olivia")
+    page.get_by_role("link", name="Retirement").click()
+    table = page.get_by_test_id("retirements")
+    expect(table.locator("tbody tr")).to_have_count(2)
+    expect(table).to_contain_text("v1")
+    screenshot(page, "retirement-page")
+    table.locator("tbody tr").first.get_by_role("button", name="Keep").click()
+
+    expect(page.get_by_text("is pinned")).to_be_visible()
+    expect(page.get_by_test_id("retirements").locator("tbody tr")).to_have_count(1)
+    v1 = ModelVersion.objects.get(model=fraud_model, version=1)
+    assert "pinned" in v1.tags and v1.retire_on is None
+    assert Event.objects.filter(kind="version.pinned", version=v1, actor="olivia").exists()
+    assert retirement.retirement_plan().of("warn") == []

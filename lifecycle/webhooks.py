@@ -136,6 +136,10 @@ def webhooks_emit(
     return deliveries
 
 
+def models_with_hooks(model_ids: set[int]) -> set[int]:
+    return set(Webhook.objects.filter(model_id__in=model_ids, active=True).values_list("model_id", flat=True))
+
+
 def webhooks_emit_many(items: list[tuple[str, int, int, dict]]) -> int:
     """``webhooks_emit`` for many versions at once, ``(event, version_id, model_id, data)`` each: one
     query for the hooks, and only when a model has one, one for its versions and one insert."""

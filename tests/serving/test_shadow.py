@@ -290,6 +290,10 @@ def test_predict_refuses_a_wrong_shape_naming_the_signature_and_404s_without_a_c
         assert response.status_code == 400, (bad, response.content)
         assert "features: float32[N, 4]" in response.json()["error"]["message"] or bad == "x"
     assert viewer.client.post("/api/v1/models/fraud/predict/", {"x": 1}, format="json").status_code == 400
+    broken = viewer.client.post("/api/v1/models/fraud/predict/", "{not json", content_type="application/json")
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
+    form = viewer.client.post("/api/v1/models/fraud/predict/", "inputs=1", content_type="text/plain")
+    assert form.status_code == 415 and form.json()["error"]["message"]
     assert predict(outsider.client, [[1, 2, 3, 4]]).status_code == 403
     ok = predict(viewer.client, [0.5, 0, 0, 0])  # one row without the batch axis
     assert ok.status_code == 200 and len(ok.json()["outputs"]) == 1

@@ -32,7 +32,7 @@ from lifecycle.pipeline import enqueue_on_commit
 from lifecycle.policy import MetricGate, NoRegressionGate, Policy, policy_parse
 from lifecycle.serving import RuntimeCache, served_artifact_of
 from lifecycle.states import TransitionNotAllowed, version_transition
-from lifecycle.traffic import unpack
+from lifecycle.traffic import unpack, unpack_many
 from registry.events import Actor, event_record
 from registry.models import EventKind, ModelVersion, ShadowRun, TrafficRecord
 from registry.models import VersionStatus as S
@@ -166,9 +166,12 @@ def _inputs(record: dict) -> Any:
 
 
 def _stack(records: list[dict]) -> Any:
-    first = _inputs(records[0])
     if len(records) == 1:
-        return first
+        return _inputs(records[0])
+    fast = unpack_many([r["inputs"] for r in records], [r["input_layout"] for r in records])
+    if fast is not None:
+        return fast
+    first = _inputs(records[0])
     if isinstance(first, dict):
         return {name: np.concatenate([_inputs(r)[name] for r in records]) for name in first}
     return np.concatenate([_inputs(r) for r in records])
@@ -206,10 +209,23 @@ def _outputs(records: list[dict], cand: Any, champ: Any, baseline_id: int) -> tu
     else:
         cand_parts = whole if whole is not None else [None] * len(records)
     reuse = [r["served_by_id"] == baseline_id and r["outputs"] is not None for r in records]
-    champ_parts: list[np.ndarray | None] = [
-        _first(unpack(r["outputs"], r["output_layout"])) if ok else None
-        for r, ok in zip(records, reuse, strict=True)
-    ]
+    champ_parts: list[np.ndarray | None]
+    served = (
+        unpack_many([r["outputs"] for r in records], [r["output_layout"] for r in records])
+        if all(reuse)
+        else None
+    )
+    if served is not None:  # every answer was captured from this champion: one read for the batch
+        served = served.reshape(served.shape[0], -1)
+        champ_parts, start = [], 0
+        for record in records:
+            champ_parts.append(served[start : start + record["rows"]])
+            start += record["rows"]
+    else:
+        champ_parts = [
+            _first(unpack(r["outputs"], r["output_layout"])) if ok else None
+            for r, ok in zip(records, reuse, strict=True)
+        ]
     missing = [i for i, ok in enumerate(reuse) if not ok]
     if missing:
         computed, _ = _predict(champ, [records[i] for i in missing])

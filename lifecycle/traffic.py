@@ -72,6 +72,20 @@ def unpack(blob: bytes | memoryview, layout: str) -> Any:
     return arrays[""] if len(arrays) == 1 and "" in arrays else arrays
 
 
+def unpack_many(blobs: list, layouts: list[str]) -> np.ndarray | None:
+    """Many single-array records stacked on axis 0 with ONE ``frombuffer``, when they share a dtype
+    and a row shape (the usual case: one model's traffic); None otherwise (unpack them one by one)."""
+    first = _layout(layouts[0])
+    if len(first) != 1 or first[0][0] != "":
+        return None
+    _, dtype, shape, _ = first[0]
+    for layout in set(layouts):
+        entry = _layout(layout)
+        if len(entry) != 1 or entry[0][0] != "" or entry[0][1] != dtype or entry[0][2][1:] != shape[1:]:
+            return None
+    return np.frombuffer(b"".join(blobs), dtype=dtype).reshape((-1, *shape[1:]))
+
+
 def traffic_record(
     *,
     model_id: int,

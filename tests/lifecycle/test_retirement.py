@@ -146,7 +146,7 @@ def test_aliases_pins_and_the_pipeline_exempt_a_version(fraud_model, owner):
 
 @pytest.mark.parametrize("retire_production", [True, False])
 def test_a_production_version_nobody_calls_is_retired_and_the_champion_cleared(
-    fraud_model, owner, retire_production
+    celery_workers, slack_server, fraud_model, owner, retire_production
 ):
     from lifecycle.webhooks import webhook_create
 
@@ -175,6 +175,16 @@ def test_a_production_version_nobody_calls_is_retired_and_the_champion_cleared(
     told = WebhookDelivery.objects.filter(event="version.retired").get()
     assert "no champion" in told.payload["data"]["reason"]
     assert WebhookDelivery.objects.filter(event="version.retirement_warned").count() == 1
+    # The owners' channel hears it twice, plainly: the warning, then the retirement.
+    posts = slack_server.wait_for(
+        lambda c: c["path"].endswith("chat.postMessage") and "no champion now" in json.dumps(c["data"])
+    )
+    assert posts[0]["data"]["channel"] == "C0OWNERS"
+    assert any(
+        "will be retired on 2026-12-08" in json.dumps(c["data"])
+        and "it is the champion" in json.dumps(c["data"])
+        for c in slack_server.calls
+    )
 
 
 def _bulk_versions(count: int, models: int = 10) -> None:

@@ -181,6 +181,8 @@ def _jsonl_items(stream: IO[bytes]) -> Iterator[tuple[int, dict]]:
             item = json.loads(line)
         except ValueError as exc:
             raise TrafficInvalid(f"line {number}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise TrafficInvalid(f"line {number}: the JSON is nested too deeply") from None
         yield number, item
 
 

@@ -54,6 +54,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, StoreUnavailable):
         log.error("artifact store unavailable: %s", exc)
         return Response(error_body("store_unavailable", str(exc)), status=503, headers={"Retry-After": "5"})
+    if isinstance(exc, RecursionError):
+        # Python's json gives up on deeply nested documents with a RecursionError, not a ValueError,
+        # so DRF's parsers let it through as a 500.
+        return Response(error_body("invalid", "the JSON document is nested too deeply"), status=400)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, PermissionDenied):

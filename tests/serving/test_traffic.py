@@ -164,3 +164,25 @@ def test_labels_attach_by_request_id_and_report_unknown_ids(fraud_model, publish
             publisher.client.post("/api/v1/models/fraud/traffic/labels/", body, format="json").status_code
             == 400
         )
+
+
+def test_deeply_nested_or_huge_json_is_a_4xx_everywhere(fraud_model, publisher, viewer, tmp_path):
+    served_champion(fraud_model, tmp_path)
+    deep = "[" * 100_000 + "]" * 100_000
+    predict = viewer.client.post(
+        "/api/v1/models/fraud/predict/", f'{{"inputs": {deep}}}', content_type="application/json"
+    )
+    assert predict.status_code == 400 and "nested too deeply" in predict.json()["error"]["message"]
+    labels = publisher.client.post(
+        "/api/v1/models/fraud/traffic/labels/", f'{{"labels": {deep}}}', content_type="application/json"
+    )
+    assert labels.status_code == 400 and "nested too deeply" in labels.json()["error"]["message"]
+    response = upload(publisher.client, f'{{"inputs": {deep}}}'.encode())
+    assert (
+        response.status_code == 400
+        and "line 1: the JSON is nested too deeply" in response.json()["error"]["message"]
+    )
+    huge = json.dumps({"inputs": [[0.5, 0.0, 0.0, 0.0]] * 200_000})  # about 4 MB, over Django's body limit
+    too_big = viewer.client.post("/api/v1/models/fraud/predict/", huge, content_type="application/json")
+    assert 400 <= too_big.status_code < 500 and too_big.json()["error"]["message"]
+    assert not TrafficRecord.objects.exists()

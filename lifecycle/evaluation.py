@@ -198,7 +198,7 @@ def predict_batched(model: Any, features: np.ndarray, batch_rows: int = 4096) ->
 # --- metrics ----------------------------------------------------------------------------------------------------
 
 
-def _classes(outputs: np.ndarray) -> np.ndarray:
+def classes(outputs: np.ndarray) -> np.ndarray:
     """Probabilities to classes: argmax over several outputs, the 0.5 threshold for a single sigmoid."""
     if outputs.ndim == 2 and outputs.shape[1] > 1:
         return outputs.argmax(axis=1)
@@ -224,10 +224,10 @@ def metric_value(metric: str, labels: np.ndarray, outputs: np.ndarray) -> float:
             multiclass = outputs.ndim == 2 and outputs.shape[1] > 2
             average = "macro" if multiclass or len(np.unique(y)) > 2 else "binary"
             if metric == "accuracy":
-                return float(m.accuracy_score(y, _classes(outputs)))
+                return float(m.accuracy_score(y, classes(outputs)))
             if metric in {"precision", "recall", "f1"}:
                 fn = {"precision": m.precision_score, "recall": m.recall_score, "f1": m.f1_score}[metric]
-                return float(fn(y, _classes(outputs), average=average, zero_division=0))
+                return float(fn(y, classes(outputs), average=average, zero_division=0))
             if metric == "roc_auc":
                 if len(np.unique(y)) < 2:
                     raise EvaluationError("roc_auc is undefined when the rows hold a single class")

@@ -262,11 +262,7 @@ def _sweep_transaction() -> Iterator[None]:
 
 
 def _emit(event: str, decisions: list[Decision]) -> None:
-    """Webhooks for these decisions; nothing is built for the (many) models without a hook."""
-    hooked = webhooks.models_with_hooks({d.model_id for d in decisions})
-    webhooks.webhooks_emit_many(
-        [(event, d.version_id, d.model_id, d.as_dict()) for d in decisions if d.model_id in hooked]
-    )
+    webhooks.webhooks_emit_many([(event, d.version_id, d.model_id, d.as_dict) for d in decisions])
 
 
 def _events(kind: str, decisions: list[Decision], now: dt.datetime, extra: dict | None = None) -> None:

@@ -144,12 +144,6 @@ def _score(outputs: np.ndarray) -> np.ndarray:
     return outputs.argmax(axis=1).astype(np.float32)
 
 
-def _classes(outputs: np.ndarray) -> np.ndarray:
-    if outputs.shape[1] > 1:
-        return outputs.argmax(axis=1)
-    return (outputs[:, 0] >= 0.5).astype(np.int64)
-
-
 def is_classifier(policy: Policy, outputs: np.ndarray | None = None) -> bool:
     if policy.shadow.task != "auto":
         return policy.shadow.task == "classification"
@@ -194,49 +188,37 @@ def _predict(model: Any, records: list[dict]) -> tuple[np.ndarray | None, list[s
     return parts, errors  # type: ignore[return-value]
 
 
+def _split(array: np.ndarray, records: list[dict]) -> list[np.ndarray]:
+    """``array``'s rows cut back into one part per record."""
+    return np.split(array, np.cumsum([r["rows"] for r in records])[:-1])
+
+
 def _outputs(records: list[dict], cand: Any, champ: Any, baseline_id: int) -> tuple[list, list, list[str]]:
-    """Per record: the candidate's and the champion's outputs (None where the candidate failed)."""
-    cand_parts: list[np.ndarray | None]
+    """Per record: the candidate's and the champion's outputs (None where one failed).
+
+    The slow path, for batches ``_whole`` cannot take: some record fails, or the champion's answers
+    are captured for some records only.
+    """
     try:
         whole, errors = _predict(cand, records)
     except Exception as exc:
         whole, errors = None, [f"request {records[0]['request_id']}: {type(exc).__name__}: {exc}"[:300]]
     if isinstance(whole, np.ndarray):
-        cand_parts, start = [], 0
-        for record in records:
-            cand_parts.append(whole[start : start + record["rows"]])
-            start += record["rows"]
+        cand_parts: list[np.ndarray | None] = _split(whole, records)
     else:
         cand_parts = whole if whole is not None else [None] * len(records)
     reuse = [r["served_by_id"] == baseline_id and r["outputs"] is not None for r in records]
-    champ_parts: list[np.ndarray | None]
-    served = (
-        unpack_many([r["outputs"] for r in records], [r["output_layout"] for r in records])
-        if all(reuse)
-        else None
-    )
-    if served is not None:  # every answer was captured from this champion: one read for the batch
-        served = served.reshape(served.shape[0], -1)
-        champ_parts, start = [], 0
-        for record in records:
-            champ_parts.append(served[start : start + record["rows"]])
-            start += record["rows"]
-    else:
-        champ_parts = [
-            _first(unpack(r["outputs"], r["output_layout"])) if ok else None
-            for r, ok in zip(records, reuse, strict=True)
-        ]
+    champ_parts: list[np.ndarray | None] = [
+        _first(unpack(r["outputs"], r["output_layout"])) if ok else None
+        for r, ok in zip(records, reuse, strict=True)
+    ]
     missing = [i for i, ok in enumerate(reuse) if not ok]
     if missing:
         computed, _ = _predict(champ, [records[i] for i in missing])
         if isinstance(computed, np.ndarray):
-            start = 0
-            for i in missing:
-                champ_parts[i] = computed[start : start + records[i]["rows"]]
-                start += records[i]["rows"]
-        else:
-            for i, part in zip(missing, computed, strict=True):
-                champ_parts[i] = part
+            computed = _split(computed, [records[i] for i in missing])
+        for i, part in zip(missing, computed, strict=True):
+            champ_parts[i] = part
     return cand_parts, champ_parts, errors
 
 
@@ -269,8 +251,7 @@ def _judge(
     whole = _whole(records, cand, champ, baseline_id)
     if whole is not None:
         c, b = whole
-        ends = np.cumsum([r["rows"] for r in records]).tolist()
-        return _judged(c, b, classifier, tol, records, list(zip([0, *ends[:-1]], ends, strict=True)), [])
+        return _judged(c, b, classifier, tol, records, [])
     cand_parts, champ_parts, errors = _outputs(records, cand, champ, baseline_id)
     keep = [
         i
@@ -290,11 +271,7 @@ def _judge(
         return Judged(0, empty.astype(bool), empty, empty, empty, [], [], errors)
     c = np.concatenate([cand_parts[i] for i in keep])
     b = np.concatenate([champ_parts[i] for i in keep])
-    spans, start = [], 0
-    for i in keep:
-        spans.append((start, start + records[i]["rows"]))
-        start += records[i]["rows"]
-    return _judged(c, b, classifier, tol, [records[i] for i in keep], spans, errors)
+    return _judged(c, b, classifier, tol, [records[i] for i in keep], errors)
 
 
 def _judged(
@@ -303,10 +280,14 @@ def _judged(
     classifier: bool,
     tol: float,
     records: list[dict],
-    spans: list[tuple[int, int]],
     errors: list[str],
 ) -> Judged:
-    agreed = _classes(c) == _classes(b) if classifier else (np.abs(c - b) <= tol).all(axis=1)
+    """Compare row-aligned outputs of the ``records`` (in order): agreement, differences, scores."""
+    ends = np.cumsum([r["rows"] for r in records]).tolist()
+    spans = list(zip([0, *ends[:-1]], ends, strict=True))
+    agreed = (
+        evaluation.classes(c) == evaluation.classes(b) if classifier else (np.abs(c - b) <= tol).all(axis=1)
+    )
     return Judged(
         rows=len(c),
         agreed=agreed,
@@ -359,9 +340,8 @@ def _probe(records: list[dict], cand: Any, champ: Any) -> tuple[list[float], lis
 
 def _fold(run: ShadowRun, records: list[dict], cand: Any, champ: Any, policy: Policy) -> None:
     stats = run.stats
-    probe_out = _first(champ.predict(_stack(records[:1]))) if "classifier" not in stats else None
     if "classifier" not in stats:
-        stats["classifier"] = is_classifier(policy, probe_out)
+        stats["classifier"] = is_classifier(policy, _first(champ.predict(_stack(records[:1]))))
     judged = _judge(records, cand, champ, run.baseline_id, stats["classifier"], policy.shadow.tolerance)
     rng = np.random.default_rng(run.pk * 1_000_003 + run.rows)
     seen = int(stats.get("seen", 0))

@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from lifecycle import webhooks
-from registry.events import Actor, actor_label, event_record
+from registry.events import Actor, actor_label, event_record, events_bulk
 from registry.models import EventKind, ModelVersion
 from registry.models import VersionStatus as S
 
@@ -97,8 +97,6 @@ def versions_transition_bulk(
     Each version moves only if it still has the status it was read with, and only along
     ``TRANSITIONS``; each move gets its audit event and webhook. Returns the ids that moved.
     """
-    from registry.events import events_bulk
-
     movable = [v for v in versions if to in TRANSITIONS.get(v[2], frozenset())]
     if not movable:
         return set()

@@ -214,6 +214,16 @@ def _parquet_items(stream: IO[bytes]) -> Iterator[tuple[int, dict]]:
             yield number, item
 
 
+def _labels(item: dict) -> list | None:
+    """An item's ``labels`` (or ``label``) as a list of numbers; [] when they are not numbers, None when
+    there are none."""
+    labels = item.get("labels", item.get("label"))
+    if labels is None:
+        return None
+    labels = labels if isinstance(labels, list) else [labels]
+    return labels if all(isinstance(v, int | float) and not isinstance(v, bool) for v in labels) else []
+
+
 def _record(number: int, item: Any, model: RegisteredModel, signature: runtimes.Signature) -> TrafficRecord:
     where = f"record {number}"
     if not isinstance(item, dict):
@@ -231,13 +241,9 @@ def _record(number: int, item: Any, model: RegisteredModel, signature: runtimes.
         raise TrafficInvalid(f"{where}: {exc}") from None
     if rows > MAX_ROWS_PER_RECORD:
         raise TrafficInvalid(f"{where}: {rows} rows; a record holds at most {MAX_ROWS_PER_RECORD}")
-    labels = item.get("labels", item.get("label"))
-    if labels is not None:
-        labels = labels if isinstance(labels, list) else [labels]
-        if len(labels) != rows or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in labels
-        ):
-            raise TrafficInvalid(f"{where}: `labels` must hold one number per input row ({rows})")
+    labels = _labels(item)
+    if labels is not None and len(labels) != rows:
+        raise TrafficInvalid(f"{where}: `labels` must hold one number per input row ({rows})")
     metadata = item.get("metadata") or {}
     if not isinstance(metadata, dict) or not all(
         isinstance(v, str | int | float | bool) for v in metadata.values()
@@ -304,9 +310,8 @@ def traffic_labels(*, model: RegisteredModel, items: Any) -> dict[str, Any]:
     for index, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("request_id"), str):
             raise TrafficInvalid(f"labels.{index}: needs a string `request_id`")
-        labels = item.get("labels", item.get("label"))
-        labels = labels if isinstance(labels, list) else [labels]
-        if not labels or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in labels):
+        labels = _labels(item)
+        if not labels:
             raise TrafficInvalid(f"labels.{index}: `labels` must be a number or a list of numbers")
         wanted[item["request_id"]] = labels
     found = TrafficRecord.objects.filter(model=model, request_id__in=list(wanted)).only(

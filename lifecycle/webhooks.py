@@ -142,7 +142,10 @@ def models_with_hooks(model_ids: set[int]) -> set[int]:
 
 def webhooks_emit_many(items: list[tuple[str, int, int, dict]]) -> int:
     """``webhooks_emit`` for many versions at once, ``(event, version_id, model_id, data)`` each: one
-    query for the hooks, and only when a model has one, one for its versions and one insert."""
+    query for the hooks, and only when a model has one, one for its versions and one insert.
+
+    ``data`` may be a function returning the dict; it is called only for models that have a hook.
+    """
     if not items:
         return 0
     hooks: dict[int, list[Webhook]] = {}
@@ -160,7 +163,7 @@ def webhooks_emit_many(items: list[tuple[str, int, int, dict]]) -> int:
             webhook=hook,
             event=event,
             delivery_id=uuid.uuid4(),
-            payload=_payload(event, hook.model, versions[version_id], data),
+            payload=_payload(event, hook.model, versions[version_id], data() if callable(data) else data),
             next_attempt_at=now,
         )
         for event, version_id, model_id, data in wanted

@@ -344,3 +344,22 @@ def test_a_manual_retire_of_the_champion_clears_it_and_is_audited(fraud_model, o
     assert response.json()["status"] == "retired"
     assert "retired by olivia: replaced upstream" in response.json()["status_reason"]
     assert not Alias.objects.filter(model=fraud_model, name="champion").exists()
+
+
+def test_the_sweep_can_be_switched_off_globally_or_per_model(fraud_model, owner, settings):
+    churn = RegisteredModel.objects.create(name="churn", policy={"retirement": {"enabled": False}})
+    for model in (fraud_model, churn):
+        for number in range(1, 6):
+            version(model, number)
+
+    settings.MODELGATE_RETIREMENT_ENABLED = False
+    assert retirement.retirement_sweep(now=days(0)).counts() == {
+        "warned": 0,
+        "cancelled": 0,
+        "retired": 0,
+        "purged": 0,
+    }
+
+    settings.MODELGATE_RETIREMENT_ENABLED = True
+    warned = retirement.retirement_sweep(now=days(0)).warned
+    assert {(d.model, d.version) for d in warned} == {("fraud", 1), ("fraud", 2)}  # churn opts out

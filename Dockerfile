@@ -39,10 +39,13 @@ RUN pip install --no-deps /tmp/client \
  && pip check
 
 # --- node: the JS packages of the TF.js parity check (@tensorflow/tfjs, pure JS), from the lock file ---
+# and the lineage graph's browser libraries, copied into static/vendor/ (gitignored in the repository).
 FROM node:20-bookworm-slim AS node
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --ignore-scripts --omit=dev
+COPY scripts/vendor_static.sh scripts/
+RUN sh scripts/vendor_static.sh
 
 # --- final: the runtime ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS final
@@ -73,6 +76,7 @@ COPY --from=node /app/node_modules /app/node_modules
 WORKDIR /app
 # The code stays owned by root, so the processes cannot rewrite it; only var/ is theirs.
 COPY . .
+COPY --from=node /app/static/vendor/ static/vendor/
 
 # Static files are collected into the image; whitenoise serves them. Importing the settings needs a
 # SECRET_KEY: this one exists for this command only and is not part of the image's environment.

@@ -157,6 +157,9 @@ class Dataset(models.Model):
     format = models.CharField(max_length=16)  # csv | parquet | npz
     rows = models.BigIntegerField()
     schema = models.JSONField(default=list)  # [{"name", "dtype"}]
+    # Per-column summary statistics, computed once at registration (registry.datasets.Profile):
+    # {"columns": {name: {"kind", "count", "nulls", "mean", "std", "min", "max" | "distinct", "top"}}}
+    stats = models.JSONField(default=dict, blank=True)
     description = models.TextField(blank=True, default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"

@@ -8,12 +8,14 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, F, Prefetch, Q, QuerySet
 from django.db.models.expressions import RawSQL
+from django.urls import reverse
 
 from registry.models import (
     Alias,
     Approval,
+    Dataset,
     Export,
     GateResult,
     ModelRole,
@@ -21,8 +23,10 @@ from registry.models import (
     Promotion,
     RegisteredModel,
     Role,
+    ShadowRun,
     VersionDataset,
     VersionParent,
+    VersionStatus,
 )
 
 # What each role may do on a model. Staff users may do everything.
@@ -116,6 +120,15 @@ def served_at(model: RegisteredModel, at: dt.datetime) -> Promotion | None:
     )
 
 
+def dataset_uses(dataset: Dataset, user: AbstractBaseUser) -> QuerySet[VersionDataset]:
+    """The links from the versions ``user`` may read to ``dataset``, the newest version first."""
+    return (
+        VersionDataset.objects.filter(dataset=dataset, version__model__in=models_visible_to(user))
+        .select_related("version__model")
+        .order_by("-version__created_at", "-version_id", "role")
+    )
+
+
 # --- lineage ------------------------------------------------------------------------------------
 
 
@@ -156,8 +169,10 @@ def lineage_graph(version: ModelVersion, *, direction: str = "both", depth: int 
     """The lineage around ``version`` as nodes and edges, in a constant number of queries whatever the depth.
 
     Versions are reached through parent links (one recursive CTE per direction); datasets and exports
-    hang off the versions found. Node ids are ``version:<model>:<n>``, ``dataset:<name>:<n>`` and
-    ``export:<model>:<n>:<format>``.
+    hang off the versions found, and the root's own runs (gate attempts, shadow runs, approval rounds)
+    hang off the root. Node ids are ``version:<model>:<n>``, ``dataset:<name>:<n>``,
+    ``export:<model>:<n>:<format>``, ``gate:<model>:<n>:<attempt>``, ``shadow:<model>:<n>:<run id>``
+    and ``approval:<model>:<n>:<round>``. Each node's ``url`` is the web page that shows it.
     """
     found: dict[int, int] = {version.pk: 0}
     if direction in {"up", "both"}:
@@ -171,11 +186,26 @@ def lineage_graph(version: ModelVersion, *, direction: str = "both", depth: int 
     versions = (
         ModelVersion.objects.filter(pk__in=found)
         .select_related("model")
-        .only("id", "version", "status", "format", "sha256", "created_at", "model__name")
+        .only(
+            "id",
+            "version",
+            "status",
+            "format",
+            "sha256",
+            "created_at",
+            "gate_attempt",
+            "approval_round",
+            "model__name",
+        )
     )
     ids: dict[int, str] = {}
+    pages: dict[int, str] = {}
+    root = version
     for v in versions:
         ids[v.pk] = f"version:{v.model.name}:{v.version}"
+        pages[v.pk] = reverse("ui:version-detail", kwargs={"name": v.model.name, "version": v.version})
+        if v.pk == version.pk:
+            root = v
         graph.nodes.append(
             {
                 "id": ids[v.pk],
@@ -186,6 +216,7 @@ def lineage_graph(version: ModelVersion, *, direction: str = "both", depth: int 
                 "format": v.format,
                 "depth": found[v.pk],
                 "root": v.pk == version.pk,
+                "url": pages[v.pk],
             }
         )
     for link in VersionParent.objects.filter(child_id__in=found, parent_id__in=found).only(
@@ -206,6 +237,7 @@ def lineage_graph(version: ModelVersion, *, direction: str = "both", depth: int 
                     "version": ds.version,
                     "sha256": ds.sha256,
                     "rows": ds.rows,
+                    "url": reverse("ui:dataset-detail", kwargs={"name": ds.name, "version": ds.version}),
                 }
             )
         graph.edges.append({"source": node_id, "target": ids[link.version_id], "kind": link.role})
@@ -220,7 +252,185 @@ def lineage_graph(version: ModelVersion, *, direction: str = "both", depth: int 
                 "format": export.format,
                 "status": export.status,
                 "sha256": export.sha256,
+                "url": f"{pages[export.version_id]}#exports",
             }
         )
         graph.edges.append({"source": ids[export.version_id], "target": node_id, "kind": "exported_to"})
+    _add_runs(graph, root, ids[root.pk], pages[root.pk])
     return graph
+
+
+def _add_runs(graph: LineageGraph, version: ModelVersion, version_id: str, page: str) -> None:
+    """The version's gate attempts, shadow runs and approval rounds as nodes, in three queries.
+
+    Only the root's: a graph ten versions deep with every version's runs would bury the lineage.
+    """
+    key = version_id.removeprefix("version:")
+    attempts = (
+        GateResult.objects.filter(version=version)
+        .values("attempt")
+        .annotate(
+            n_passed=Count("id", filter=Q(passed=True)),
+            n_failed=Count("id", filter=Q(passed=False)),
+            n_skipped=Count("id", filter=Q(passed__isnull=True)),
+        )
+        .order_by("attempt")
+    )
+    for row in attempts:
+        node_id = f"gate:{key}:{row['attempt']}"
+        graph.nodes.append(
+            {
+                "id": node_id,
+                "type": "gate",
+                "attempt": row["attempt"],
+                "status": "failed" if row["n_failed"] else "passed",
+                "passed": row["n_passed"],
+                "failed": row["n_failed"],
+                "skipped": row["n_skipped"],
+                "current": row["attempt"] == version.gate_attempt,
+                "url": f"{page}#gates",
+            }
+        )
+        graph.edges.append({"source": version_id, "target": node_id, "kind": "gated_by"})
+    runs = (
+        ShadowRun.objects.filter(candidate=version)
+        .values(
+            "id",
+            "status",
+            "requests",
+            "started_at",
+            "ended_at",
+            baseline_version=F("baseline__version"),
+            agreement=F("summary__agreement"),
+        )
+        .order_by("id")
+    )
+    for run in runs:
+        node_id = f"shadow:{key}:{run['id']}"
+        graph.nodes.append(
+            {
+                "id": node_id,
+                "type": "shadow",
+                "run": run["id"],
+                "status": run["status"],
+                "requests": run["requests"],
+                "baseline": run["baseline_version"],
+                "agreement": run["agreement"],
+                "started_at": run["started_at"],
+                "ended_at": run["ended_at"],
+                "url": f"{page}#shadow",
+            }
+        )
+        graph.edges.append({"source": version_id, "target": node_id, "kind": "shadowed_by"})
+    rounds: dict[int, dict[str, Any]] = {}
+    for round_, decision, actor in (
+        Approval.objects.filter(version=version)
+        .order_by("round", "at", "id")
+        .values_list("round", "decision", "actor_name")
+    ):
+        entry = rounds.setdefault(round_, {"approvals": [], "rejections": []})
+        entry["approvals" if decision == Approval.Decision.APPROVE else "rejections"].append(actor)
+    for round_, entry in rounds.items():
+        node_id = f"approval:{key}:{round_}"
+        if entry["rejections"]:
+            status = "rejected"
+        elif round_ == version.approval_round and version.status == VersionStatus.AWAITING_APPROVAL:
+            status = "open"
+        else:
+            status = "approved"
+        graph.nodes.append(
+            {
+                "id": node_id,
+                "type": "approval",
+                "round": round_,
+                "status": status,
+                **entry,
+                "url": f"{page}#approvals",
+            }
+        )
+        graph.edges.append({"source": version_id, "target": node_id, "kind": "signed_off_by"})
+
+
+# --- search -------------------------------------------------------------------------------------------
+
+# The orders a versions table may be sorted in; each ends on a unique column so pages never overlap.
+VERSION_SORTS: dict[str, tuple[str, ...]] = {
+    "-created": ("-created_at", "-id"),
+    "created": ("created_at", "id"),
+    "-version": ("-version", "-id"),
+    "version": ("version", "id"),
+    "status": ("status", "-version", "-id"),
+    "-size": ("-size", "-id"),
+    "size": ("size", "id"),
+}
+
+
+@dataclass(frozen=True)
+class VersionSearch:
+    """What a search of versions asks for; every field is optional and they combine with AND."""
+
+    models: tuple[str, ...] = ()  # exact model names
+    model_contains: str = ""  # part of a model name, any case
+    status: tuple[str, ...] = ()
+    tag: str = ""
+    alias: str = ""
+    dataset: str = ""  # "name" or "name:version"
+    git_sha: str = ""  # a prefix (at least 4 characters) or the whole sha
+    created_after: dt.datetime | None = None
+    created_before: dt.datetime | None = None
+
+
+def version_search(
+    search: VersionSearch, *, user: AbstractBaseUser | None = None, model: RegisteredModel | None = None
+) -> QuerySet[ModelVersion]:
+    """Versions matching ``search`` that ``user`` may read (or of ``model``), unordered, in one query."""
+    versions = version_list(
+        model=model, user=user, status=list(search.status) or None, tag=search.tag or None
+    )
+    if search.models:
+        versions = versions.filter(model__name__in=search.models)
+    if search.model_contains:
+        versions = versions.filter(model__name__icontains=search.model_contains)
+    if search.alias:
+        versions = versions.filter(pk__in=Alias.objects.filter(name=search.alias).values("version_id"))
+    if search.dataset:
+        name, _, number = search.dataset.partition(":")
+        links = VersionDataset.objects.filter(dataset__name=name)
+        if number:
+            links = links.filter(dataset__version=int(number))
+        versions = versions.filter(pk__in=links.values("version_id"))
+    if search.git_sha:
+        sha = search.git_sha
+        # A whole sha uses the column's index; a prefix is a range scan of it.
+        versions = (
+            versions.filter(git_sha=sha) if len(sha) == 40 else versions.filter(git_sha__startswith=sha)
+        )
+    if search.created_after:
+        versions = versions.filter(created_at__gte=search.created_after)
+    if search.created_before:
+        versions = versions.filter(created_at__lt=search.created_before)
+    return versions
+
+
+def gate_metric_series(model: RegisteredModel, *, last: int = 50) -> dict[str, list[dict[str, Any]]]:
+    """Each metric gate's overall value on the latest attempt of the model's ``last`` newest versions,
+    oldest version first: ``{metric: [{"version", "value", "threshold", "passed"}]}``, in one query."""
+    recent = ModelVersion.objects.filter(model=model).order_by("-version").values("id")[:last]
+    rows = (
+        GateResult.objects.filter(
+            version_id__in=recent,
+            gate="metric",
+            slice="",
+            attempt=F("version__gate_attempt"),
+            value__isnull=False,
+        )
+        .order_by("metric", "version__version", "gate_index")
+        .values_list("metric", "version__version", "value", "threshold", "passed")
+    )
+    series: dict[str, list[dict[str, Any]]] = {}
+    for metric, version, value, threshold, passed in rows:
+        points = series.setdefault(metric, [])
+        if points and points[-1]["version"] == version:
+            continue  # two gates on one metric (e.g. two datasets): the first one charts
+        points.append({"version": version, "value": value, "threshold": threshold, "passed": passed})
+    return series

@@ -7,6 +7,7 @@ pages and the workers all call them; none re-implements them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from registry.models import (
     VersionParent,
     VersionStatus,
 )
-from registry.storage import blob_put
+from registry.storage import blob_local_path, blob_put
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +342,7 @@ def dataset_register(
                     format=info.format,
                     rows=info.rows,
                     schema=info.schema,
+                    stats=info.stats,
                     description=description,
                     created_by=actor,
                 )
@@ -355,3 +357,27 @@ def dataset_register(
             if version is not None:
                 raise Conflict(f"dataset {name}:{version} already exists", code="exists") from None
     raise Conflict(f"could not allocate a version for dataset {name}; try again", code="busy")
+
+
+def dataset_stats_fill(*, datasets_to_fill: Iterable[Dataset] | None = None) -> tuple[int, list[str]]:
+    """Compute the summary statistics of datasets registered before they were kept (or of those given).
+
+    Returns how many were filled and the problems met (a dataset whose bytes are gone is reported, not
+    fatal). Each dataset is read once, in chunks, as at registration.
+    """
+    if datasets_to_fill is None:
+        datasets_to_fill = Dataset.objects.filter(stats={}).order_by("id").iterator()
+    filled, problems = 0, []
+    for dataset in datasets_to_fill:
+        try:
+            with blob_local_path(dataset.artifact_key, suffix=f".{dataset.format}") as path:
+                info = datasets.inspect_dataset(Path(path))
+        except FileNotFoundError:
+            problems.append(f"{dataset}: its bytes are not in the store")
+            continue
+        except datasets.DatasetRejected as exc:
+            problems.append(f"{dataset}: {exc}")
+            continue
+        Dataset.objects.filter(pk=dataset.pk).update(stats=info.stats)
+        filled += 1
+    return filled, problems

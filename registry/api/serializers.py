@@ -20,6 +20,7 @@ from registry.models import (
     Role,
     VersionStatus,
 )
+from registry.selectors import VersionSearch
 
 slug = RegexValidator(
     r"^[a-z0-9][a-z0-9_-]*$", "use lowercase letters, digits, '-' and '_', starting with a letter or digit"
@@ -291,6 +292,13 @@ class DatasetOutSerializer(serializers.ModelSerializer):
         return obj.created_by.get_username() if obj.created_by else None
 
 
+class DatasetDetailSerializer(DatasetOutSerializer):
+    """One dataset, with its per-column summary statistics (lists leave them out: they can be long)."""
+
+    class Meta(DatasetOutSerializer.Meta):
+        fields = [*DatasetOutSerializer.Meta.fields, "stats"]
+
+
 class AliasOutSerializer(serializers.ModelSerializer):
     version = serializers.IntegerField(source="version.version")
 
@@ -317,3 +325,44 @@ class HistoryEntrySerializer(serializers.Serializer):
 class StatusFilterSerializer(serializers.Serializer):
     status = serializers.MultipleChoiceField(choices=VersionStatus.choices, required=False)
     tag = serializers.CharField(required=False, max_length=64)
+
+
+class VersionSearchSerializer(StatusFilterSerializer):
+    """The query parameters of a version search (``GET /versions/`` and a model's version list)."""
+
+    model = serializers.ListField(child=serializers.SlugField(max_length=100), required=False, max_length=100)
+    model_contains = serializers.CharField(required=False, max_length=100)
+    alias = serializers.SlugField(required=False, max_length=64)
+    dataset = serializers.RegexField(
+        r"^[-a-zA-Z0-9_]{1,100}(:[0-9]{1,9})?$",
+        required=False,
+        error_messages={"invalid": "a dataset name, or name:version"},
+    )
+    git_sha = serializers.RegexField(
+        r"^[0-9a-fA-F]{4,64}$",
+        required=False,
+        error_messages={"invalid": "4 to 64 hex digits (a prefix is enough)"},
+    )
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
+    sort = serializers.ChoiceField(choices=["-created", "created"], required=False, default="-created")
+
+    def validate(self, attrs: dict) -> dict:
+        after, before = attrs.get("created_after"), attrs.get("created_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError({"created_before": ["must be later than created_after"]})
+        return attrs
+
+    def search(self) -> VersionSearch:
+        data = self.validated_data
+        return VersionSearch(
+            models=tuple(data.get("model") or ()),
+            model_contains=data.get("model_contains", ""),
+            status=tuple(sorted(data.get("status") or ())),
+            tag=data.get("tag", ""),
+            alias=data.get("alias", ""),
+            dataset=data.get("dataset", ""),
+            git_sha=data.get("git_sha", ""),
+            created_after=data.get("created_after"),
+            created_before=data.get("created_before"),
+        )

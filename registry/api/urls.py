@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from registry.api import exports, retirement, signoff
+from registry.api import exports, reports, retirement, signoff
 from registry.api import views as v
 
 urlpatterns = [
@@ -25,6 +25,11 @@ urlpatterns = [
         "models/<slug:name>/versions/<int:version>/lineage/",
         v.VersionLineageView.as_view(),
         name="version-lineage",
+    ),
+    path(
+        "models/<slug:name>/versions/<int:version>/report/",
+        reports.VersionReportView.as_view(),
+        name="version-report",
     ),
     path(
         "models/<slug:name>/versions/<int:version>/events/",

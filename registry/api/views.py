@@ -172,27 +172,44 @@ class ModelRolesView(APIView):
         return Response(form.validated_data, status=status.HTTP_201_CREATED)
 
 
-def _status_filters(request: Request) -> dict:
-    form = s.StatusFilterSerializer(
-        data={"status": request.query_params.getlist("status"), "tag": request.query_params.get("tag")}
-        if request.query_params.get("tag")
-        else {"status": request.query_params.getlist("status")}
+SEARCH_PARAMETERS = [
+    OpenApiParameter("status", str, many=True),
+    OpenApiParameter("tag", str),
+    OpenApiParameter("alias", str),
+    OpenApiParameter("dataset", str, description="a dataset name, or name:version, that the version used"),
+    OpenApiParameter("git_sha", str, description="the source's git sha, or a prefix of 4 or more hex digits"),
+    OpenApiParameter("created_after", OpenApiTypes.DATETIME),
+    OpenApiParameter("created_before", OpenApiTypes.DATETIME),
+    OpenApiParameter(
+        "sort", str, enum=["-created", "created"], description="push order, newest first by default"
+    ),
+]
+
+
+def _search(request: Request) -> tuple[selectors.VersionSearch, str]:
+    params = request.query_params
+    form = s.VersionSearchSerializer(
+        data={
+            # An empty parameter (a form's blank field) means no filter.
+            **{k: v for k, v in params.items() if v and k not in {"status", "model", "cursor", "page_size"}},
+            "status": [v for v in params.getlist("status") if v],
+            **({"model": models} if (models := [v for v in params.getlist("model") if v]) else {}),
+        }
     )
     form.is_valid(raise_exception=True)
-    return {"status": sorted(form.validated_data.get("status") or []), "tag": form.validated_data.get("tag")}
+    return form.search(), form.validated_data["sort"]
 
 
 class VersionListView(APIView):
     parser_classes = [MultiPartParser]
 
-    @extend_schema(
-        parameters=[OpenApiParameter("status", str, many=True), OpenApiParameter("tag", str)],
-        responses=s.VersionSummarySerializer(many=True),
-    )
+    @extend_schema(parameters=SEARCH_PARAMETERS, responses=s.VersionSummarySerializer(many=True))
     def get(self, request: Request, name: str) -> Response:
         model = model_for(request, name)
-        versions = selectors.version_list(model=model, **_status_filters(request))
+        search, sort = _search(request)
+        versions = selectors.version_search(search, model=model)
         paginator = VersionCursor()
+        paginator.ordering = "version" if sort == "created" else "-version"
         page = paginator.paginate_queryset(versions, request, view=self)
         return paginator.get_paginated_response(s.VersionSummarySerializer(page, many=True).data)
 
@@ -377,12 +394,18 @@ class HistoryView(APIView):
 
 class CrossVersionListView(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("status", str, many=True), OpenApiParameter("tag", str)],
+        parameters=[
+            OpenApiParameter("model", str, many=True, description="exact model names"),
+            OpenApiParameter("model_contains", str, description="part of a model name, any case"),
+            *SEARCH_PARAMETERS,
+        ],
         responses=s.VersionSummarySerializer(many=True),
     )
     def get(self, request: Request) -> Response:
-        versions = selectors.version_list(user=request.user, **_status_filters(request))
+        search, sort = _search(request)
+        versions = selectors.version_search(search, user=request.user)
         paginator = IdCursor()
+        paginator.ordering = "id" if sort == "created" else "-id"
         page = paginator.paginate_queryset(versions, request, view=self)
         return paginator.get_paginated_response(s.VersionSummarySerializer(page, many=True).data)
 
@@ -400,7 +423,7 @@ class DatasetListView(APIView):
         return paginator.get_paginated_response(s.DatasetOutSerializer(page, many=True).data)
 
     @extend_schema(
-        request={"multipart/form-data": s.DatasetUploadSerializer}, responses={201: s.DatasetOutSerializer}
+        request={"multipart/form-data": s.DatasetUploadSerializer}, responses={201: s.DatasetDetailSerializer}
     )
     def post(self, request: Request) -> Response:
         form = s.DatasetUploadSerializer(data=request.data)
@@ -413,10 +436,12 @@ class DatasetListView(APIView):
             description=data["description"],
             actor=request.user,
         )
-        return Response(s.DatasetOutSerializer(dataset).data, status=status.HTTP_201_CREATED)
+        return Response(s.DatasetDetailSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
 class DatasetDetailView(APIView):
-    @extend_schema(responses=s.DatasetOutSerializer)
+    @extend_schema(responses=s.DatasetDetailSerializer)
     def get(self, request: Request, name: str, version: int) -> Response:
-        return Response(s.DatasetOutSerializer(get_object_or_404(Dataset, name=name, version=version)).data)
+        return Response(
+            s.DatasetDetailSerializer(get_object_or_404(Dataset, name=name, version=version)).data
+        )

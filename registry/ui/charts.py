@@ -42,8 +42,12 @@ def _axes(y_lo: float, y_hi: float, x_lo: str, x_hi: str) -> str:
     )
 
 
-def line(points: Sequence[tuple[float, float]], *, label: str, threshold: float | None = None) -> SafeString:
-    """A line over (x, y) points, e.g. agreement against requests seen, with an optional threshold."""
+def line(
+    points: Sequence[tuple[float, float]], *, label: str, threshold: float | None = None, x_prefix: str = ""
+) -> SafeString:
+    """A line over (x, y) points, e.g. agreement against requests seen, with an optional threshold.
+
+    ``x_prefix`` goes before the x labels ("v" for version numbers)."""
     if not points:
         return _frame("", label)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
@@ -60,14 +64,17 @@ def line(points: Sequence[tuple[float, float]], *, label: str, threshold: float 
         return H - PAD_B - (y - lo) / (hi - lo) * (H - PAD_T - PAD_B)
 
     path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
-    body = _axes(lo, hi, _n(x_lo), _n(x_hi))
+    body = _axes(lo, hi, f"{x_prefix}{_n(x_lo)}", f"{x_prefix}{_n(x_hi)}")
     if threshold is not None:
         body += (
             f'<line x1="{PAD_L}" y1="{sy(threshold):.1f}" x2="{W - PAD_R}" y2="{sy(threshold):.1f}" '
             f'class="threshold"><title>threshold {_n(threshold)}</title></line>'
         )
     body += f'<polyline points="{path}" class="series"/>'
-    body += "".join(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2" class="dot"/>' for x, y in points[-50:])
+    body += "".join(
+        f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2" class="dot"><title>{escape(x_prefix)}{_n(x)}: {_n(y)}</title></circle>'
+        for x, y in points[-50:]
+    )
     return _frame(body, label)
 
 

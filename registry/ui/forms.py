@@ -37,10 +37,67 @@ class TokenCreateForm(forms.Form):
         )
 
 
+SORT_CHOICES = [
+    ("-version", "Newest version first"),
+    ("version", "Oldest version first"),
+    ("-created", "Newest push first"),
+    ("created", "Oldest push first"),
+    ("status", "Status"),
+    ("-size", "Largest first"),
+    ("size", "Smallest first"),
+]
+
+
 class VersionFilterForm(forms.Form):
-    """The status filter of a model's versions table; an unknown status is ignored, never a 500."""
+    """The status filter and order of a model's versions table; anything unknown is ignored, never a 500."""
 
     status = forms.ChoiceField(choices=[("", "All statuses"), *VersionStatus.choices], required=False)
+    sort = forms.ChoiceField(choices=SORT_CHOICES, required=False)
+
+
+class VersionSearchForm(forms.Form):
+    """The search page: every field optional, combined with AND."""
+
+    q = forms.CharField(
+        label="Model",
+        max_length=100,
+        required=False,
+        widget=forms.TextInput(attrs={"placeholder": "part of a model name"}),
+    )
+    status = forms.ChoiceField(choices=[("", "Any status"), *VersionStatus.choices], required=False)
+    tag = forms.CharField(max_length=64, required=False)
+    alias = forms.SlugField(
+        max_length=64, required=False, widget=forms.TextInput(attrs={"placeholder": "champion"})
+    )
+    dataset = forms.RegexField(
+        regex=r"^[-a-zA-Z0-9_]{1,100}(:[0-9]{1,9})?$",
+        max_length=112,
+        required=False,
+        error_messages={"invalid": "a dataset name, or name:version"},
+        widget=forms.TextInput(attrs={"placeholder": "holdout or holdout:3"}),
+    )
+    git_sha = forms.RegexField(
+        label="Git sha",
+        regex=r"^[0-9a-fA-F]{4,64}$",
+        required=False,
+        error_messages={"invalid": "4 to 64 hex digits (a prefix is enough)"},
+    )
+    created_after = forms.DateField(
+        label="Pushed from", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    created_before = forms.DateField(
+        label="Pushed before", required=False, widget=forms.DateInput(attrs={"type": "date"})
+    )
+    sort = forms.ChoiceField(
+        choices=[c for c in SORT_CHOICES if c[0] not in {"-version", "version"}], required=False
+    )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        after, before = data.get("created_after"), data.get("created_before")
+        if after and before and after >= before:
+            self.add_error("created_before", "must be later than the start date")
+        return data
 
 
 class DecisionForm(forms.Form):

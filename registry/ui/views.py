@@ -34,6 +34,7 @@ from registry.models import (
     Alias,
     ApiToken,
     Approval,
+    Dataset,
     Event,
     ModelRole,
     ModelVersion,
@@ -45,8 +46,9 @@ from registry.models import (
     Webhook,
     WebhookDelivery,
 )
-from registry.ui import charts
+from registry.ui import charts, trends
 from registry.ui.forms import (
+    SORT_CHOICES,
     DecisionForm,
     RollbackForm,
     SlackIdentityForm,
@@ -58,6 +60,8 @@ from registry.ui.forms import (
 PAGE_SIZE = 50
 EVENTS_SHOWN = 50
 LINEAGE_DEPTH = 3
+# The depths the lineage graph offers; it opens at LINEAGE_DEPTH, like the lists under it.
+LINEAGE_GRAPH_DEPTHS = (1, 2, 3, 5, 10)
 # The plaintext of a token just issued waits here for the one page view that shows it (see `tokens`).
 NEW_TOKEN_SESSION_KEY = "modelgate.new_token"
 # Likewise the secret of a webhook just created, for the one model page view that shows it.
@@ -147,9 +151,15 @@ def _model_page(
     request: HttpRequest, model: RegisteredModel, *, webhook_form: WebhookCreateForm | None = None
 ) -> HttpResponse:
     form = VersionFilterForm(request.GET)
-    status = form.cleaned_data["status"] if form.is_valid() else ""
-    versions = selectors.version_list(model=model, status=[status] if status else None).prefetch_related(
-        Prefetch("aliases", queryset=Alias.objects.only("id", "name", "version_id").order_by("name"))
+    valid = form.is_valid()
+    status = form.cleaned_data["status"] if valid else ""
+    sort = (form.cleaned_data["sort"] if valid else "") or "-version"
+    versions = (
+        selectors.version_list(model=model, status=[status] if status else None)
+        .order_by(*selectors.VERSION_SORTS[sort])
+        .prefetch_related(
+            Prefetch("aliases", queryset=Alias.objects.only("id", "name", "version_id").order_by("name"))
+        )
     )
     counts = selectors.model_status_counts(model)
     return render(
@@ -161,8 +171,11 @@ def _model_page(
             "counts": _ordered_counts(counts),
             "total": sum(counts.values()),
             "status": status,
+            "sort": sort,
+            "sort_choices": SORT_CHOICES,
             "page": Paginator(versions, PAGE_SIZE).get_page(request.GET.get("page")),
             "policy_json": _readable_policy(model.policy),
+            "gate_charts": trends.gate_charts(model),
             "serving": _serving_view(model),
             **_model_signoff(request, model, webhook_form),
         },
@@ -291,6 +304,8 @@ def version_detail(request: HttpRequest, name: str, version: int) -> HttpRespons
             "metrics": _pretty_items(v.metrics),
             "attempts": _gate_attempts(v),
             "lineage": _lineage_lists(graph.nodes, graph.edges, f"version:{v.model.name}:{v.version}"),
+            "lineage_depth": LINEAGE_DEPTH,
+            "lineage_depths": LINEAGE_GRAPH_DEPTHS,
             "aliases": [alias.name for alias in v.aliases.all()],
             "events": [(event, _compact_json(event.data)) for event in events],
             **_version_signoff(request, v),
@@ -608,6 +623,32 @@ def _compact_json(value: Any) -> str:
     if value in (None, {}, []):
         return ""
     return json.dumps(value, separators=(", ", ": "), sort_keys=True, default=str)
+
+
+# --- datasets -----------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def dataset_detail(request: HttpRequest, name: str, version: int) -> HttpResponse:
+    """A registered dataset and the versions that used it, among those the user may read."""
+    # Datasets belong to no model: any signed-in user may read one, as through the API.
+    dataset = Dataset.objects.filter(name=name, version=version).select_related("created_by").first()
+    if dataset is None:
+        raise Http404(f"no dataset {name}:{version}")
+    page = Paginator(selectors.dataset_uses(dataset, request.user), PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    return render(
+        request,
+        "registry/dataset_detail.html",
+        {
+            "dataset": dataset,
+            "rows_label": f"{dataset.rows:,}",
+            "schema": dataset.schema if isinstance(dataset.schema, list) else [],
+            "page": page,
+        },
+    )
 
 
 # --- the approvals inbox ------------------------------------------------------------------------

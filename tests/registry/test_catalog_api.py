@@ -9,10 +9,23 @@ import time
 import boto3
 import pytest
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from registry.models import Alias, Dataset, ModelRole, Promotion, RegisteredModel, Role
+from registry.models import (
+    Alias,
+    Approval,
+    Dataset,
+    Export,
+    GateResult,
+    ModelRole,
+    ModelVersion,
+    Promotion,
+    RegisteredModel,
+    Role,
+    ShadowRun,
+)
 from tests import builders
 from tests.conftest import push
 from tests.factories import DatasetFactory, ModelVersionFactory, link_dataset, parent_chain
@@ -334,6 +347,69 @@ def test_lineage_follows_direction_and_depth(owner, fraud_model):
         "edges"
     ]
     assert owner.client.get("/api/v1/models/fraud/versions/3/lineage/?depth=-1").status_code == 400
+
+
+def test_lineage_adds_the_roots_runs_and_links_every_node_to_its_page(owner, fraud_model):
+    v1, v2 = parent_chain(fraud_model, 2)
+    ModelVersion.objects.filter(pk=v2.pk).update(gate_attempt=2)
+    link_dataset(v2, DatasetFactory(name="clicks", version=4), "train")
+    Export.objects.create(version=v2, format="onnx", status="passed")
+    GateResult.objects.bulk_create(
+        [
+            GateResult(version=v2, attempt=1, gate_index=0, gate="loads", passed=False),
+            GateResult(version=v2, attempt=2, gate_index=0, gate="loads", passed=True),
+            GateResult(version=v2, attempt=2, gate_index=1, gate="metric", passed=None),
+        ]
+    )
+    ShadowRun.objects.create(
+        candidate=v2, baseline=v1, status="failed", since=timezone.now(), summary={"agreement": 0.5}
+    )
+    for name, decision in (("alice", "approve"), ("bob", "reject")):
+        Approval.objects.create(
+            version=v2, round=1, decision=decision, actor_name=name, channel="api", evidence_digest="0" * 64
+        )
+    GateResult.objects.create(version=v1, attempt=1, gate_index=0, gate="loads", passed=True)  # not the root
+
+    # The version page fetches this with the browser's session, not a token.
+    browser = Client()
+    browser.force_login(owner.user)
+    response = browser.get("/api/v1/models/fraud/versions/2/lineage/?direction=both&depth=5")
+
+    assert response.status_code == 200
+    nodes = {node["id"]: node for node in response.json()["nodes"]}
+    page = "/models/fraud/versions/2/"
+    assert nodes["version:fraud:1"]["url"] == "/models/fraud/versions/1/"
+    assert nodes["version:fraud:2"]["url"] == page
+    assert nodes["dataset:clicks:4"]["url"] == "/datasets/clicks/4/"
+    assert nodes["export:fraud:2:onnx"]["url"] == f"{page}#exports"
+    assert [
+        (n["id"], n["status"], n["failed"], n["skipped"], n["current"], n["url"])
+        for n in nodes.values()
+        if n["type"] == "gate"
+    ] == [
+        ("gate:fraud:2:1", "failed", 1, 0, False, f"{page}#gates"),
+        ("gate:fraud:2:2", "passed", 0, 1, True, f"{page}#gates"),
+    ]
+    shadow = next(n for n in nodes.values() if n["type"] == "shadow")
+    assert (shadow["status"], shadow["agreement"], shadow["baseline"], shadow["url"]) == (
+        "failed",
+        0.5,
+        1,
+        f"{page}#shadow",
+    )
+    assert nodes["approval:fraud:2:1"] | {"id": None} == {
+        "id": None,
+        "type": "approval",
+        "round": 1,
+        "status": "rejected",
+        "approvals": ["alice"],
+        "rejections": ["bob"],
+        "url": f"{page}#approvals",
+    }
+    edges = response.json()["edges"]
+    assert {"source": "version:fraud:2", "target": "approval:fraud:2:1", "kind": "signed_off_by"} in edges
+    assert {"source": "version:fraud:2", "target": shadow["id"], "kind": "shadowed_by"} in edges
+    assert {"source": "version:fraud:2", "target": "gate:fraud:2:1", "kind": "gated_by"} in edges
 
 
 def test_a_push_links_its_datasets_and_parents(owner, publisher, fraud_model, tmp_path):

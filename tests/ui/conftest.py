@@ -56,3 +56,16 @@ def page(browser: Browser, live_server) -> Iterator[Page]:
 def screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+
+
+def docs_image(locator, name: str) -> None:
+    """The README's pictures: written to docs/images/ only when MODELGATE_DOCS_SCREENSHOTS=1
+    (`make docs-screenshots`), so that a test run never changes a tracked file."""
+    import os
+
+    target = DOCS_IMAGES if os.environ.get("MODELGATE_DOCS_SCREENSHOTS") == "1" else SCREENSHOTS
+    target.mkdir(parents=True, exist_ok=True)
+    locator.screenshot(path=str(target / f"{name}.png"))

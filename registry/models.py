@@ -536,10 +536,18 @@ class Event(models.Model):
     actor = models.CharField(max_length=150)  # a username, or "system:<component>"
     data = models.JSONField(default=dict, blank=True)
     at = models.DateTimeField(default=timezone.now)
+    # The hash chain (registry.audit): events are sealed in ``seq`` order shortly after they commit;
+    # each sealed event carries the previous one's hash and its own, over its content and that hash.
+    seq = models.BigIntegerField(null=True, blank=True, unique=True)
+    prev_hash = models.CharField(max_length=64, blank=True, default="", db_default="")
+    hash = models.CharField(max_length=64, blank=True, default="", db_default="")  # COPY writers omit both
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["version", "id"], name="event_version_id")]
+        indexes = [
+            models.Index(fields=["version", "id"], name="event_version_id"),
+            models.Index(fields=["id"], condition=Q(seq__isnull=True), name="event_unsealed"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} by {self.actor} at {self.at:%Y-%m-%d %H:%M:%S}"

@@ -10,3 +10,10 @@ from lifecycle import retirement
 @shared_task(name="workers.maintenance.retirement_sweep", acks_late=True, ignore_result=True)
 def retirement_sweep() -> None:
     retirement.retirement_sweep()
+
+
+@shared_task(name="workers.maintenance.audit_seal", acks_late=True, ignore_result=True)
+def audit_seal() -> None:
+    from registry.audit import audit_seal as seal
+
+    seal()

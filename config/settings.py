@@ -206,6 +206,9 @@ MODELGATE_RETRY_DELAY_SECONDS = env.int("MODELGATE_RETRY_DELAY_SECONDS", default
 # How long a registered version may wait for its first task before the reconciler enqueues it again.
 MODELGATE_RECONCILE_GRACE_SECONDS = env.int("MODELGATE_RECONCILE_GRACE_SECONDS", default=60)
 MODELGATE_GATE_TIME_LIMIT = env.int("MODELGATE_GATE_TIME_LIMIT", default=15 * 60)
+# Limits of each task that opens an uploaded model (workers/limits.py); 0 disables one.
+MODELGATE_TASK_MEMORY_MB = env.int("MODELGATE_TASK_MEMORY_MB", default=6144)
+MODELGATE_TASK_CPU_SECONDS = env.int("MODELGATE_TASK_CPU_SECONDS", default=30 * 60)
 
 # How long a web process trusts a token it has already checked (0: check every request). A token
 # revoked elsewhere stops working in this process at the latest after this many seconds.

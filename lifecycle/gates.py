@@ -133,13 +133,27 @@ def _latency(index: int, gate: Any, ctx: GateContext) -> list[GateOutcome]:
     if ctx.model is None:
         return [GateOutcome(index, "latency", False, reason="latency: the model does not load")]
     inputs = _random_inputs(ctx.model.signature, gate.batch_size)
-    for _ in range(gate.warmup):
-        ctx.model.predict(inputs)
     timings = []
-    for _ in range(gate.runs):
-        started = time.perf_counter()
-        ctx.model.predict(inputs)
-        timings.append((time.perf_counter() - started) * 1000)
+    try:
+        for _ in range(gate.warmup):
+            ctx.model.predict(inputs)
+        for _ in range(gate.runs):
+            started = time.perf_counter()
+            ctx.model.predict(inputs)
+            timings.append((time.perf_counter() - started) * 1000)
+    except Exception as exc:  # the model itself fails on inputs that fit its signature (or hits a limit)
+        error = f"{type(exc).__name__}: {str(exc)[:500]}"
+        return [
+            GateOutcome(
+                index,
+                "latency",
+                False,
+                metric="p95_ms",
+                threshold=gate.p95_ms,
+                details={"error": error, "batch_size": gate.batch_size},
+                reason=f"latency: the model fails to run on inputs that fit its signature: {error}",
+            )
+        ]
     p50, p95 = (float(np.percentile(timings, q)) for q in (50, 95))
     passed = p95 <= gate.p95_ms and (gate.p50_ms is None or p50 <= gate.p50_ms)
     why = f"latency p95 is {p95:.2f} ms > {gate.p95_ms:g} ms" if p95 > gate.p95_ms else ""

@@ -706,3 +706,27 @@ def perturb_export_weights(path: Path, *, scale: float = 0.5, seed: int = 0) -> 
             noisy = values + rng.normal(scale=scale, size=values.shape).astype(np.float32)
             model.graph.initializer[index].CopyFrom(numpy_helper.from_array(noisy, tensor.name))
     onnx.save(model, str(path))
+
+
+def runaway_onnx_model(tmp_path: Path, *, gib: int = 3) -> Path:
+    """A valid ONNX model whose every prediction first fills a ``gib`` GiB tensor (ConstantOfShape of a
+    constant shape, too big for onnxruntime to fold at load): memory grows with no bound the graph sets."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])
+    shape = numpy_helper.from_array(np.array([gib * 256, 1024, 1024], dtype=np.int64), "shape")
+    one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], value=one),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+        helper.make_node("Add", ["x", "total"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "runaway", [x], [y], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = _out(tmp_path, "runaway.onnx")
+    onnx.save(model, path)
+    return path

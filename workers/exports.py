@@ -11,6 +11,7 @@ from celery import shared_task
 from django.conf import settings
 
 from lifecycle import exports
+from workers.limits import model_limits
 
 
 @shared_task(name="workers.exports.start_exports", acks_late=True, reject_on_worker_lost=True)
@@ -26,7 +27,8 @@ def start_exports(version_id: int) -> None:
     soft_time_limit=max(settings.MODELGATE_GATE_TIME_LIMIT - 30, 30),
 )
 def run_export(export_id: int) -> None:
-    exports.export_run(export_id)
+    with model_limits():
+        exports.export_run(export_id)
 
 
 @shared_task(name="workers.exports.exports_finished", acks_late=True, reject_on_worker_lost=True)

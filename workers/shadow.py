@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from lifecycle import shadow
+from workers.limits import model_limits
 
 
 @shared_task(
@@ -15,7 +16,8 @@ from lifecycle import shadow
     soft_time_limit=int(shadow.LEASE_SECONDS * 4),
 )
 def evaluate_model_shadows(model_id: int) -> None:
-    shadow.model_shadows_evaluate(model_id)
+    with model_limits():
+        shadow.model_shadows_evaluate(model_id)
 
 
 @shared_task(name="workers.shadow.evaluate_shadows", ignore_result=True)

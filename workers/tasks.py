@@ -6,6 +6,7 @@ from celery import shared_task
 from django.conf import settings
 
 from lifecycle import pipeline
+from workers.limits import model_limits
 
 
 @shared_task(
@@ -16,7 +17,8 @@ from lifecycle import pipeline
     soft_time_limit=max(settings.MODELGATE_GATE_TIME_LIMIT - 30, 30),
 )
 def run_gates(version_id: int) -> None:
-    pipeline.validation_run(version_id)
+    with model_limits():
+        pipeline.validation_run(version_id)
 
 
 @shared_task(name="workers.tasks.reconcile_pipeline", ignore_result=True)

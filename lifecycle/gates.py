@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from lifecycle import evaluation, runtimes
 from lifecycle.policy import MetricGate, NoRegressionGate, Policy, policy_parse
@@ -314,6 +313,8 @@ def _slices_of(gate: Any, scored: _Scored) -> list[tuple[str, np.ndarray | None]
     out: list[tuple[str, np.ndarray | None]] = [("", None)]
     if gate.slice_by:
         # factorize hashes the values once; np.unique sorted a million strings per sliced gate.
+        import pandas as pd  # imported by the gates worker only: the web process never needs it
+
         codes, values = pd.factorize(scored.slices[gate.slice_by], sort=True)
         out += [(f"{gate.slice_by}={value}", codes == i) for i, value in enumerate(values)]
     return out

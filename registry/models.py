@@ -137,7 +137,9 @@ class ModelVersion(models.Model):
         indexes = [
             models.Index(fields=["status", "id"], name="version_status_id"),
             models.Index(fields=["model", "status"], name="version_model_status"),
-            models.Index(fields=["created_at"], name="version_created_at"),
+            # Matches the "-created" and "created" sorts (selectors.VERSION_SORTS) to the last column.
+            models.Index(fields=["created_at", "id"], name="version_created_at_id"),
+            models.Index(fields=["size", "id"], name="version_size_id"),
         ]
 
     def __str__(self) -> str:
@@ -183,6 +185,8 @@ class VersionDataset(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["version", "dataset", "role"], name="uniq_version_dataset_role")
         ]
+        # "Which versions used this dataset": the search's dataset filter and the dataset page.
+        indexes = [models.Index(fields=["dataset", "version"], name="versiondataset_dataset")]
 
 
 class VersionParent(models.Model):

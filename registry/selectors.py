@@ -122,11 +122,11 @@ def served_at(model: RegisteredModel, at: dt.datetime) -> Promotion | None:
 
 def dataset_uses(dataset: Dataset, user: AbstractBaseUser) -> QuerySet[VersionDataset]:
     """The links from the versions ``user`` may read to ``dataset``, the newest version first."""
-    return (
-        VersionDataset.objects.filter(dataset=dataset, version__model__in=models_visible_to(user))
-        .select_related("version__model")
-        .order_by("-version__created_at", "-version_id", "role")
-    )
+    links = VersionDataset.objects.filter(dataset=dataset)
+    if not user.is_staff:  # staff read every model: no join to filter on
+        links = links.filter(version__model__in=models_visible_to(user))
+    # Version ids grow with push time; ordering by them uses the (dataset, version) index.
+    return links.select_related("version__model").order_by("-version_id", "role")
 
 
 # --- lineage ------------------------------------------------------------------------------------
@@ -357,8 +357,8 @@ def _add_runs(graph: LineageGraph, version: ModelVersion, version_id: str, page:
 VERSION_SORTS: dict[str, tuple[str, ...]] = {
     "-created": ("-created_at", "-id"),
     "created": ("created_at", "id"),
-    "-version": ("-version", "-id"),
-    "version": ("version", "id"),
+    "-version": ("-version",),  # unique within a model: the (model, version) index serves it alone
+    "version": ("version",),
     "status": ("status", "-version", "-id"),
     "-size": ("-size", "-id"),
     "size": ("size", "id"),
@@ -398,7 +398,9 @@ def version_search(
         links = VersionDataset.objects.filter(dataset__name=name)
         if number:
             links = links.filter(dataset__version=int(number))
-        versions = versions.filter(pk__in=links.values("version_id"))
+        # The ids first, then the versions: as a subquery PostgreSQL walks the versions newest first and
+        # probes the links of each (tens of thousands of probes for an old dataset).
+        versions = versions.filter(pk__any=list(links.values_list("version_id", flat=True).distinct()))
     if search.git_sha:
         sha = search.git_sha
         # A whole sha uses the column's index; a prefix is a range scan of it.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -15,6 +14,7 @@ from django.views.decorators.http import require_GET
 from registry import selectors
 from registry.models import Alias
 from registry.ui.forms import VersionSearchForm
+from registry.ui.paging import CappedPaginator
 
 PAGE_SIZE = 50
 
@@ -47,5 +47,5 @@ def version_search_page(request: HttpRequest) -> HttpResponse:
                 Prefetch("aliases", queryset=Alias.objects.only("id", "name", "version_id").order_by("name"))
             )
         )
-        page = Paginator(versions, PAGE_SIZE).get_page(request.GET.get("page"))
+        page = CappedPaginator(versions, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "registry/version_search.html", {"form": form, "page": page})

@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from lifecycle.approval import evidence_digest
-from registry.models import Approval, Dataset, GateResult, ModelVersion, Promotion
+from registry.models import Approval, Dataset, GateResult, ModelVersion, Promotion, ShadowRun
 from tests.ui.conftest import docs_image, screenshot
 from tests.ui.factories import PushedVersionFactory
 from tests.ui.test_lineage_browser import fraud, log_in  # noqa: F401 (fraud is a fixture)
@@ -71,6 +72,40 @@ def history(fraud: dict) -> dict:  # noqa: F811
     )
     Approval.objects.filter(version=fraud["v2"]).update(
         evidence_digest=evidence_digest({}), comment="shadow looks clean"
+    )
+    # A shadow as the evaluator leaves it (lifecycle.shadow), so the version page's charts have data.
+    ShadowRun.objects.filter(candidate=fraud["v2"]).update(
+        rows=1200,
+        ended_at=timezone.now(),
+        sources=["live"],
+        summary={
+            "agreement": 0.987,
+            "timeline": [[i, i * 40, 0.975 + 0.012 * (i / 30) ** 0.5] for i in range(1, 31)],
+            "diff": {
+                "mean": 0.004,
+                "p50": 0.002,
+                "p95": 0.011,
+                "max": 0.31,
+                "histogram": {
+                    "counts": [905, 190, 60, 25, 12, 5, 2, 1],
+                    "edges": [0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4],
+                },
+            },
+            "shift": {"ks": 0.021, "psi": 0.004},
+            "latency_ms": {
+                "candidate": {"p50": 1.9, "p95": 3.1},
+                "champion": {"p50": 2.2, "p95": 3.6},
+                "p95_ratio": 0.86,
+            },
+            "slices": {
+                "country": {
+                    "US": {"rows": 610, "agreement": 0.992},
+                    "DE": {"rows": 420, "agreement": 0.986},
+                    "BR": {"rows": 170, "agreement": 0.97},
+                }
+            },
+            "errors": 0,
+        },
     )
     Promotion.objects.create(
         model=model,

@@ -53,19 +53,24 @@ class ApprovalRefused(ServiceError):
 # --- evidence -----------------------------------------------------------------------------------------
 
 
+def gate_result_json(r: GateResult) -> dict[str, Any]:
+    """One gate result as the approver's evidence (and the audit report) show it."""
+    return {
+        "gate": r.gate,
+        "metric": r.metric,
+        "slice": r.slice,
+        "value": r.value,
+        "baseline": r.baseline,
+        "threshold": r.threshold,
+        "passed": r.passed,
+        "skipped_reason": r.skipped_reason,
+    }
+
+
 def evidence_summary(version: ModelVersion) -> dict[str, Any]:
     """What an approver is shown: the gates of the latest attempt, the shadow verdict and the exports."""
     gates = [
-        {
-            "gate": r.gate,
-            "metric": r.metric,
-            "slice": r.slice,
-            "value": r.value,
-            "baseline": r.baseline,
-            "threshold": r.threshold,
-            "passed": r.passed,
-            "skipped_reason": r.skipped_reason,
-        }
+        gate_result_json(r)
         for r in GateResult.objects.filter(version=version, attempt=version.gate_attempt).order_by(
             "gate_index", "slice"
         )

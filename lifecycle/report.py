@@ -16,7 +16,7 @@ from typing import Any
 from django.db.models import Q
 from django.utils import timezone
 
-from lifecycle.approval import evidence_digest
+from lifecycle.approval import evidence_digest, gate_result_json
 from registry.formatting import number_text
 from registry.models import (
     Approval,
@@ -101,15 +101,8 @@ def _validation_data(links: list[VersionDataset]) -> dict[str, Any]:
 
 def _result(r: GateResult) -> dict[str, Any]:
     return {
-        "gate": r.gate,
+        **gate_result_json(r),
         "gate_index": r.gate_index,
-        "metric": r.metric,
-        "slice": r.slice,
-        "value": r.value,
-        "baseline": r.baseline,
-        "threshold": r.threshold,
-        "passed": r.passed,
-        "skipped_reason": r.skipped_reason,
         "rows": r.rows,
         "duration_ms": r.duration_ms,
         "details": r.details,

@@ -256,7 +256,7 @@ def _history(version: ModelVersion, promotions: list[Promotion], events: list[Ev
     for index, promotion in enumerate(promotions):
         if promotion.version_id != version.pk:
             continue
-        after = next((p for p in promotions[index + 1 :] if p.at >= promotion.at), None)
+        after = promotions[index + 1] if index + 1 < len(promotions) else None  # ordered by time
         served.append(
             {
                 "from": _iso(promotion.at),

@@ -1,4 +1,4 @@
-"""How numbers are written for people: in the audit report (Markdown and HTML) alike."""
+"""How numbers are written for people: on the pages and in the audit report (Markdown and HTML) alike."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from lifecycle.states import PIPELINE_STATES
 from registry import auth, selectors
 from registry.api.views import model_context
 from registry.errors import Conflict, NotFound
+from registry.formatting import number_text
 from registry.models import (
     Alias,
     ApiToken,
@@ -604,12 +605,7 @@ def _lineage_lists(nodes: list[dict], edges: list[dict], root: str) -> dict[str,
 
 def _number(value: float | None) -> str:
     """Up to four decimals without trailing zeros: 0.8, 0.7143, 12.5, 200; tiny values in e-notation."""
-    if value is None:
-        return "—"
-    text = f"{value:.4f}".rstrip("0").rstrip(".")
-    if text in {"0", "-0"} and value != 0:
-        return f"{value:.2e}"
-    return text
+    return number_text(None if value is None else float(value))
 
 
 def _pretty_items(values: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -23,7 +23,10 @@ def gate_charts(model: RegisteredModel) -> list[dict[str, Any]]:
                 "versions": len(points),
                 "failed": sum(1 for p in points if p["passed"] is False),
                 "latest": points[-1],
-                "svg": charts.line(
+                # One point is no trend (and its x axis would invent a second version): text only.
+                "svg": None
+                if len(points) < 2
+                else charts.line(
                     [(p["version"], p["value"]) for p in points],
                     label=f"{metric} of the overall rows, by version",
                     threshold=threshold,

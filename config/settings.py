@@ -72,6 +72,7 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "registry.api.middleware.RejectNulMiddleware",
+    "registry.api.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -204,6 +205,9 @@ MODELGATE_MAX_TASK_ATTEMPTS = env.int("MODELGATE_MAX_TASK_ATTEMPTS", default=3)
 # How soon a step that failed with an unexpected error is handed out again.
 MODELGATE_RETRY_DELAY_SECONDS = env.int("MODELGATE_RETRY_DELAY_SECONDS", default=60)
 # How long a registered version may wait for its first task before the reconciler enqueues it again.
+# A shadow run's evaluation claimed longer ago than this is presumed lost (its worker died) and is taken
+# over by the next wake-up; each task folds for at most 20 s, so this stays well above that.
+MODELGATE_SHADOW_LEASE_SECONDS = env.float("MODELGATE_SHADOW_LEASE_SECONDS", default=120.0)
 MODELGATE_RECONCILE_GRACE_SECONDS = env.int("MODELGATE_RECONCILE_GRACE_SECONDS", default=60)
 MODELGATE_GATE_TIME_LIMIT = env.int("MODELGATE_GATE_TIME_LIMIT", default=15 * 60)
 # Limits of each task that opens an uploaded model (workers/limits.py); 0 disables one.

@@ -12,8 +12,8 @@ from workers.limits import model_limits
     name="workers.shadow.evaluate_model_shadows",
     acks_late=True,
     reject_on_worker_lost=True,
-    time_limit=int(shadow.LEASE_SECONDS * 5),
-    soft_time_limit=int(shadow.LEASE_SECONDS * 4),
+    time_limit=600,  # a model's runs each fold for at most shadow.BUDGET_SECONDS per task
+    soft_time_limit=480,
 )
 def evaluate_model_shadows(model_id: int) -> None:
     with model_limits():

@@ -18,9 +18,9 @@ import pytest
 from registry.models import Event, Export, GateResult, ModelVersion
 from tests import builders
 from tests.conftest import wait_for_status
-from tests.faults.conftest import Web
 from tests.faults.test_duplicate_delivery import wait_for_export
 from tests.lifecycle.test_pipeline import set_policy
+from tests.processes import Web
 
 pytestmark = pytest.mark.workers
 

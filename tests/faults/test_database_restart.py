@@ -19,7 +19,7 @@ import pytest
 
 from tests import builders
 from tests.conftest import ROOT
-from tests.faults.conftest import Web
+from tests.processes import Web
 
 pytestmark = pytest.mark.workers
 

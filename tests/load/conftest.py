@@ -1,0 +1,1 @@
+from tests.processes import private_redis, web_processes  # noqa: F401

@@ -180,7 +180,9 @@ class Workers:
         concurrency: int = 1,
         beat: bool = False,
         extra_env: dict[str, str] | None = None,
+        argv: list[str] | None = None,
     ) -> subprocess.Popen:
+        """Start a worker; ``argv`` replaces the whole ``celery ...`` command line (a deployment's own)."""
         index = len(self.procs)
         cmd = [
             sys.executable,
@@ -205,6 +207,9 @@ class Workers:
         ]
         if beat:
             cmd += ["-B", "-s", str(self.logdir / f"beat-{index}")]
+        if argv is not None:
+            assert argv[0] == "celery", argv
+            cmd = [sys.executable, "-m", *argv]
         log = (self.logdir / f"worker-{index}.log").open("ab")
         proc = subprocess.Popen(
             cmd,
@@ -215,14 +220,17 @@ class Workers:
             start_new_session=True,
         )
         self.procs.append(proc)
-        self._wait_ready(index)
+        self._wait_ready(index, b"beat: Starting" if cmd[5:6] == ["beat"] else b" ready.")
         return proc
 
-    def _wait_ready(self, index: int, timeout: float = 60) -> None:
+    def log(self, proc: subprocess.Popen) -> str:
+        return (self.logdir / f"worker-{self.procs.index(proc)}.log").read_text()
+
+    def _wait_ready(self, index: int, marker: bytes, timeout: float = 90) -> None:
         path = self.logdir / f"worker-{index}.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if b" ready." in path.read_bytes():
+            if marker in path.read_bytes():
                 return
             if self.procs[index].poll() is not None:
                 raise RuntimeError(f"worker exited: {path.read_text()[-3000:]}")

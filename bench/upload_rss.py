@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/upload_rss.py                   # SavedModel zip and ONNX, 1 GiB each (~3 min)
     .venv/bin/python bench/upload_rss.py --format savedmodel --size-mib 1024
+    .venv/bin/python bench/upload_rss.py --path presigned  # the same, by direct upload to S3 (moto)
+    .venv/bin/python bench/upload_rss.py --path both       # both paths, one table
 
 It starts Modelgate's web server (gunicorn, one sync worker) on a throwaway PostgreSQL database
 (``bench_upload``) with ``ARTIFACT_STORE`` and ``FILE_UPLOAD_TEMP_DIR`` in a temporary directory under
@@ -18,6 +20,13 @@ var/bench (the same disk as ``dd``'s file), and pushes generated artifacts throu
 Before each measured push, a small push of the same format warms the worker (its lazy imports are
 not what is measured); the baseline is the RSS after it. The client streams the body: a multipart
 generator of 1 MiB chunks over ``http.client`` with a Content-Length, never the whole file in memory.
+
+``--path presigned`` stores artifacts in S3 instead: a moto server (``python -m moto.server``, its
+objects spill to disk past 5 MiB) on a free port, and pushes with the project's own client
+(``Client.push_direct``: start, one streamed PUT per part straight to moto, complete). The web worker then
+carries no artifact bytes from the client; on complete it reads the object back from S3 once (hash and
+artifact checks) and copies it to its content address inside S3. The result splits the time into the
+parts' upload (client to S3) and the complete (the server's verification).
 
 The generated files, the uploaded blobs and the database are deleted at the end, whatever happens.
 """
@@ -39,6 +48,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import psutil
@@ -226,6 +236,36 @@ def push(port: int, token: str, model: str, path: Path, timeout: float = 900.0) 
     return resp.status, payload, time.perf_counter() - t0
 
 
+def push_direct(
+    port: int, token: str, model: str, path: Path, timeout: float = 900.0
+) -> tuple[int, bytes, float]:
+    """The presigned path through the project's client: (status, body, seconds), and the parts' seconds
+    in ``push_direct.parts_seconds`` (when the last part's last byte left)."""
+    from modelgate_client import ApiError, Client
+
+    size = path.stat().st_size
+    metadata = {"sha256": sha256_of(path), "description": "upload_rss benchmark (presigned)"}
+    marks: dict[str, float] = {}
+
+    def progress(done: int) -> None:
+        if done >= size and "parts" not in marks:
+            marks["parts"] = time.perf_counter()
+
+    with Client(f"http://127.0.0.1:{port}", token, timeout=timeout, retries=0) as client:
+        t0 = time.perf_counter()
+        try:
+            version = client.push_direct(model, path, metadata, progress=progress)
+            status, body = (201, json.dumps(version).encode()) if version else (409, b"no direct upload")
+        except ApiError as e:
+            status, body = e.status, e.message.encode()
+        seconds = time.perf_counter() - t0
+    push_direct.parts_seconds = marks.get("parts", t0 + seconds) - t0  # type: ignore[attr-defined]
+    return status, body, seconds
+
+
+PUSHES = {"multipart": push, "presigned": push_direct}
+
+
 def create_model(port: int, token: str, name: str) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request(
@@ -314,13 +354,16 @@ def dd_throughput(directory: Path, mib: int) -> dict:
 MiB = 1024**2
 
 
-def measure_format(fmt: str, *, port: int, token: str, worker: int, work: Path, size: int) -> dict:
+def measure_format(
+    fmt: str, *, port: int, token: str, worker: int, work: Path, size: int, path: str = "multipart"
+) -> dict:
     make, suffix = MAKERS[fmt]
+    send = PUSHES[path]
     # Warm-up push: a small artifact of the same format, so lazy imports happen before the baseline.
     small = work / f"warm{suffix}"
     make(small, 4 * MiB)
-    create_model(port, token, f"warm-{fmt}")
-    status, body, _ = push(port, token, f"warm-{fmt}", small)
+    create_model(port, token, f"warm-{fmt}-{path}")
+    status, body, _ = send(port, token, f"warm-{fmt}-{path}", small)
     small.unlink()
     if status != 201:
         raise RuntimeError(f"warm-up {fmt} push: HTTP {status} {body[:500]!r}")
@@ -332,17 +375,18 @@ def measure_format(fmt: str, *, port: int, token: str, worker: int, work: Path, 
     settle(big)
     file_size = big.stat().st_size
     log(f"{fmt}: {file_size / MiB:.1f} MiB written in {time.perf_counter() - t0:.1f}s; pushing")
-    create_model(port, token, f"big-{fmt}")
+    create_model(port, token, f"big-{fmt}-{path}")
     time.sleep(1.0)
     baseline = rss(worker)
     with RssSampler(worker) as sampler:
         time.sleep(0.3)
-        status, body, seconds = push(port, token, f"big-{fmt}", big)
+        status, body, seconds = send(port, token, f"big-{fmt}-{path}", big)
         time.sleep(0.5)
     big.unlink()
     after = rss(worker)
     result = {
         "format": fmt,
+        "path": path,
         "status": status,
         "file_mib": round(file_size / MiB, 1),
         "push_seconds": round(seconds, 2),
@@ -357,6 +401,10 @@ def measure_format(fmt: str, *, port: int, token: str, worker: int, work: Path, 
             for t, r in sampler.samples[:: max(1, len(sampler.samples) // 60)]
         ],
     }
+    if path == "presigned":
+        parts = push_direct.parts_seconds  # type: ignore[attr-defined]
+        result["parts_seconds"] = round(parts, 2)
+        result["complete_seconds"] = round(seconds - parts, 2)
     if status != 201:
         result["error"] = body[:500].decode(errors="replace")
     else:
@@ -365,7 +413,7 @@ def measure_format(fmt: str, *, port: int, token: str, worker: int, work: Path, 
             k: version.get(k) for k in ("model", "version", "format", "size", "status")
         }
     log(
-        f"{fmt}: HTTP {status} in {seconds:.1f}s ({result['push_MB_per_s']} MB/s); RSS baseline "
+        f"{fmt} ({path}): HTTP {status} in {seconds:.1f}s ({result['push_MB_per_s']} MB/s); RSS baseline "
         f"{result['rss_baseline_mib']} MiB, peak {result['rss_peak_mib']} MiB, growth {result['rss_growth_mib']} MiB"
     )
     return result
@@ -376,11 +424,18 @@ def main() -> int:
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--format", choices=["savedmodel", "onnx", "both"], default="both")
     p.add_argument(
+        "--path",
+        choices=["multipart", "presigned", "both"],
+        default="multipart",
+        help="multipart: through the web process to its disk; presigned: straight to S3 (moto)",
+    )
+    p.add_argument(
         "--modelgate-dir", type=Path, default=REPO, help="the Modelgate tree to run (a scratch copy)"
     )
     p.add_argument("--out", type=Path, default=BENCH_VAR / "upload_rss.json")
     args = p.parse_args()
     formats = ["savedmodel", "onnx"] if args.format == "both" else [args.format]
+    paths = ["multipart", "presigned"] if args.path == "both" else [args.path]
     size = args.size_mib * MiB
     code = args.modelgate_dir.resolve()
 
@@ -393,12 +448,62 @@ def main() -> int:
     try:
         report["dd"] = dd_throughput(work, args.size_mib)
         log(f"dd: {report['dd']['line']}")
+        for path in paths:
+            with (
+                s3_store(work)
+                if path == "presigned"
+                else nullcontext({"ARTIFACT_STORE": str(store)}) as where
+            ):
+                report["results"] += measure_path(
+                    path, formats=formats, where=where, code=code, work=work, uploads=uploads, size=size
+                )
+                report["server"] = where.pop("server", "")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        flush_broker()
+    write_json(args.out, report)
+    print(markdown(report))
+    return 0 if all(r["status"] == 201 for r in report["results"]) else 1
+
+
+@contextmanager
+def s3_store(work: Path) -> Iterator[dict[str, str]]:
+    """A moto S3 server with one bucket, for the presigned path; its settings for Modelgate."""
+    import boto3
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    # moto spills objects past 5 MiB to temporary files: keep them on the bench's disk, not /tmp.
+    env = {**os.environ, "TMPDIR": str(work)}
+    with running(cmd, env=env, log_path=BENCH_VAR / "logs" / "upload-moto.log") as proc:
+        wait_http(port, "/", proc)
+        endpoint = f"http://127.0.0.1:{port}"
+        credentials = {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_REGION": "us-east-1",
+        }
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        ).create_bucket(Bucket="bench-upload")
+        yield {"ARTIFACT_STORE": "s3://bench-upload/registry", "AWS_ENDPOINT_URL": endpoint, **credentials}
+
+
+def measure_path(
+    path: str, *, formats: list[str], where: dict[str, str], code: Path, work: Path, uploads: Path, size: int
+) -> list[dict]:
+    """One web server on a fresh database and the given store; every format pushed by ``path``."""
+    if path == "presigned":
+        sys.path.insert(0, str(code / "client"))  # this tree's client, not the one installed
+    results = []
+    try:
         url = db_recreate(DB)
         env = modelgate_env(
-            url,
-            ARTIFACT_STORE=str(store),
-            FILE_UPLOAD_TEMP_DIR=str(uploads),
-            MAX_ARTIFACT_BYTES=str(size + 64 * MiB),
+            url, FILE_UPLOAD_TEMP_DIR=str(uploads), MAX_ARTIFACT_BYTES=str(size + 64 * MiB), **where
         )
         token = modelgate_prepare(env, cwd=code)
         port = free_port()
@@ -416,19 +521,16 @@ def main() -> int:
         with running(cmd, env=env, log_path=log_path, cwd=code) as proc:
             wait_http(port, "/healthz", proc, log_path=log_path)
             worker = worker_pid(proc.pid)
-            report["rss_idle_mib"] = round(rss(worker) / MiB, 1)
+            idle = round(rss(worker) / MiB, 1)
             for fmt in formats:
-                report["results"].append(
-                    measure_format(fmt, port=port, token=token, worker=worker, work=work, size=size)
+                result = measure_format(
+                    fmt, port=port, token=token, worker=worker, work=work, size=size, path=path
                 )
-        report["server"] = " ".join(["gunicorn", *cmd[1:2], *cmd[4:]])
+                results.append({**result, "rss_idle_mib": idle})
+        where["server"] = " ".join(["gunicorn", *cmd[1:2], *cmd[4:]])
     finally:
-        shutil.rmtree(work, ignore_errors=True)
         db_drop(DB)
-        flush_broker()
-    write_json(args.out, report)
-    print(markdown(report))
-    return 0 if all(r["status"] == 201 for r in report["results"]) else 1
+    return results
 
 
 def flush_broker() -> None:
@@ -447,12 +549,15 @@ def markdown(report: dict) -> str:
     rows = [
         f"dd (`bs=1M count=… conv=fdatasync`, same disk): {dd['MB_per_s']} MB/s ({dd['seconds']:.2f} s)",
         "",
-        "| artifact | size MiB | HTTP | push s | push MB/s | vs dd | RSS baseline MiB | RSS peak MiB | growth MiB | < 64 MiB? |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| artifact | path | size MiB | HTTP | push s | push MB/s | vs dd | RSS baseline MiB | RSS peak MiB | growth MiB | < 64 MiB? |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["results"]:
+        how = r.get("path", "multipart")
+        if "parts_seconds" in r:
+            how += f" (parts {r['parts_seconds']:.1f} s, complete {r['complete_seconds']:.1f} s)"
         rows.append(
-            f"| {r['format']} | {r['file_mib']:.0f} | {r['status']} | {r['push_seconds']:.1f} | {r['push_MB_per_s']:.0f} "
+            f"| {r['format']} | {how} | {r['file_mib']:.0f} | {r['status']} | {r['push_seconds']:.1f} | {r['push_MB_per_s']:.0f} "
             f"| {r['push_MB_per_s'] / dd['MB_per_s']:.2f}× | {r['rss_baseline_mib']:.0f} | {r['rss_peak_mib']:.0f} "
             f"| {r['rss_growth_mib']:.0f} | {'yes' if r['rss_growth_mib'] < 64 else 'no'} |"
         )

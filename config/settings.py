@@ -136,6 +136,14 @@ AWS_REGION = env.str("AWS_REGION", default=env.str("AWS_DEFAULT_REGION", default
 # Uploads larger than this are refused with 413 (bytes; default 4 GiB).
 MAX_ARTIFACT_BYTES = env.int("MAX_ARTIFACT_BYTES", default=4 * 1024**3)
 MAX_DATASET_BYTES = env.int("MAX_DATASET_BYTES", default=4 * 1024**3)
+# Direct uploads (S3 only): clients send large artifacts straight to the bucket by presigned multipart
+# upload. The URLs are signed for AWS_PUBLIC_ENDPOINT_URL when clients reach S3 by another host than
+# this process does (default: AWS_ENDPOINT_URL, or AWS itself).
+AWS_PUBLIC_ENDPOINT_URL = env.str("AWS_PUBLIC_ENDPOINT_URL", default="") or None
+DIRECT_UPLOAD_PART_BYTES = env.int("DIRECT_UPLOAD_PART_BYTES", default=16 * 1024**2)
+DIRECT_UPLOAD_URL_SECONDS = env.int("DIRECT_UPLOAD_URL_SECONDS", default=6 * 3600)
+# Pending direct uploads older than this are aborted by the maintenance sweep (their parts dropped).
+DIRECT_UPLOAD_STALE_SECONDS = env.int("DIRECT_UPLOAD_STALE_SECONDS", default=24 * 3600)
 # Uploads stream to a temporary file chunk by chunk and are hashed on the way; nothing is held whole.
 FILE_UPLOAD_HANDLERS = ["registry.uploads.HashingUploadHandler"]
 FILE_UPLOAD_TEMP_DIR = env.str("FILE_UPLOAD_TEMP_DIR", default="") or None
@@ -188,6 +196,10 @@ CELERY_BEAT_SCHEDULE = {
     "audit-seal": {
         "task": "workers.maintenance.audit_seal",
         "schedule": env.float("MODELGATE_AUDIT_SEAL_SECONDS", default=60.0),
+    },
+    "direct-upload-sweep": {
+        "task": "workers.maintenance.direct_uploads_expire",
+        "schedule": env.float("MODELGATE_DIRECT_UPLOAD_SWEEP_SECONDS", default=3600.0),
     },
     "webhook-retries": {
         "task": "workers.approvals.retry_webhooks",

@@ -38,6 +38,11 @@ class ChecksumMismatch(ServiceError):
     code = "checksum_mismatch"
 
 
+class TooLarge(ServiceError):
+    status = 413
+    code = "too_large"
+
+
 def nul_path(value: object, field: str) -> str | None:
     """Where a JSON document holds a NUL character (PostgreSQL's jsonb and text cannot store one)."""
     if isinstance(value, str):

@@ -150,6 +150,49 @@ class ModelVersion(models.Model):
         return f"{self.model.name} v{self.version}"
 
 
+class DirectUploadState(models.TextChoices):
+    PENDING = "pending"  # parts are being sent to S3
+    COMPLETING = "completing"  # claimed by one complete request: assembled, verified, registered
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    FAILED = "failed"  # the assembled object was refused (checksum, size, artifact checks)
+
+
+class DirectUpload(models.Model):
+    """A presigned multipart upload of an artifact straight to S3 (registry.direct_uploads).
+
+    Binds S3's upload id and the staging key to the model, the user and the declared size and sha256,
+    so that only that user can complete it, once, into a version of that model.
+    """
+
+    id = models.UUIDField(primary_key=True)
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="direct_uploads")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    s3_upload_id = models.CharField(max_length=1024)
+    staging_key = models.CharField(max_length=255)
+    filename = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    part_size = models.BigIntegerField()
+    part_count = models.PositiveIntegerField()
+    state = models.CharField(
+        max_length=16, choices=DirectUploadState.choices, default=DirectUploadState.PENDING
+    )
+    error = models.TextField(blank=True, default="")
+    version = models.ForeignKey(
+        "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "created_at"], name="direct_upload_state_created")]
+
+    def __str__(self) -> str:
+        return f"direct upload {self.id} of {self.filename} to {self.model_id}"
+
+
 class Dataset(models.Model):
     name = models.SlugField(max_length=100)
     version = models.PositiveIntegerField()

@@ -34,19 +34,24 @@ from registry.models import (
     VersionParent,
     VersionStatus,
 )
-from registry.storage import blob_local_path, blob_put
+from registry.storage import blob_adopt, blob_local_path, blob_put
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Upload:
-    """A streamed upload on local disk, hashed on the way in."""
+    """A streamed upload on local disk, hashed on the way in.
+
+    ``staged_key`` names a copy already in the store (a direct upload to S3): registration then moves
+    that object to its content address instead of uploading the local file again.
+    """
 
     path: Path
     sha256: str
     size: int
     filename: str
+    staged_key: str | None = None
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -168,7 +173,8 @@ def model_version_register(
     1. Check the client's sha256 and the artifact's content, before anything is written.
     2. Return the existing version for a retried ``Idempotency-Key``.
     3. Store the bytes under their content address (outside the transaction: a slow upload to S3 must
-       not hold the model's row lock; an orphan blob from a failed step 4 is harmless and shared).
+       not hold the model's row lock; an orphan blob from a failed step 4 is harmless and shared). A
+       direct upload's staged object is moved there instead.
     4. Under the model's row lock: allocate the next number, write the version, its links and its event.
     """
     claimed = metadata.get("sha256")
@@ -189,8 +195,11 @@ def model_version_register(
     dataset_links = _resolve_datasets(metadata.get("datasets") or [])
     parent_links = _resolve_parents(metadata.get("parents") or [])
 
-    with upload.path.open("rb") as fh:
-        key = blob_put(fh, sha256=upload.sha256)
+    if upload.staged_key:
+        key = blob_adopt(upload.staged_key, sha256=upload.sha256)
+    else:
+        with upload.path.open("rb") as fh:
+            key = blob_put(fh, sha256=upload.sha256)
 
     with transaction.atomic():
         # The row lock serialises pushes to one model: numbers are allocated in order and gap-free,

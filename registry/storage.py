@@ -177,3 +177,137 @@ def blob_local_path(key: str, *, suffix: str = "") -> Iterator[Path]:
         with blob_open(key) as src, target.open("wb") as out:
             shutil.copyfileobj(src, out, CHUNK)
         yield target
+
+
+# --- direct uploads (S3 only) ---------------------------------------------------------------------
+# Large artifacts can go from the client straight to the bucket by presigned multipart upload
+# (registry.direct_uploads holds the rules). These are the few S3 calls that needs, on the same bucket
+# and prefix as the store; names are relative to the store's prefix, like every other key here.
+
+
+def store_is_s3() -> bool:
+    return settings.ARTIFACT_STORE.startswith("s3://")
+
+
+@contextmanager
+def _s3_calls() -> Iterator[None]:
+    """botocore's transport failures become StoreUnavailable; S3's own refusals (ClientError) pass."""
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        yield
+    except BotoCoreError as exc:
+        raise _unavailable(exc) from exc
+
+
+def _s3() -> tuple[object, str]:
+    backend = store()
+    return backend.connection.meta.client, backend.bucket_name  # type: ignore[attr-defined]
+
+
+def _s3_key(name: str) -> str:
+    location = store().location.strip("/")  # type: ignore[attr-defined]
+    return f"{location}/{name}" if location else name
+
+
+def multipart_start(name: str) -> str:
+    """Start a multipart upload to ``name``; returns S3's upload id."""
+    client, bucket = _s3()
+    with _s3_calls():
+        answer = client.create_multipart_upload(  # type: ignore[attr-defined]
+            Bucket=bucket, Key=_s3_key(name), ContentType="application/octet-stream"
+        )
+    return answer["UploadId"]
+
+
+def multipart_part_urls(name: str, *, upload_id: str, parts: int, expires: int) -> list[str]:
+    """Presigned PUT URLs for parts 1..``parts``.
+
+    Signed for ``AWS_PUBLIC_ENDPOINT_URL`` when set: the host is part of the signature, and the
+    clients may reach the store by another name than the web process does (a proxy, a container
+    network). Signing is local: no request goes to S3 here.
+    """
+    import boto3
+    from botocore.config import Config
+
+    signer = boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.AWS_PUBLIC_ENDPOINT_URL or settings.AWS_ENDPOINT_URL,
+        region_name=settings.AWS_REGION,
+        config=Config(signature_version="s3v4"),
+    )
+    _, bucket = _s3()
+    key = _s3_key(name)
+    return [
+        signer.generate_presigned_url(
+            "upload_part",
+            Params={"Bucket": bucket, "Key": key, "UploadId": upload_id, "PartNumber": number},
+            ExpiresIn=expires,
+            HttpMethod="PUT",
+        )
+        for number in range(1, parts + 1)
+    ]
+
+
+def multipart_complete(name: str, *, upload_id: str, parts: list[tuple[int, str]]) -> None:
+    """Assemble the parts; S3 checks every ETag (a ClientError when one does not match)."""
+    client, bucket = _s3()
+    with _s3_calls():
+        client.complete_multipart_upload(  # type: ignore[attr-defined]
+            Bucket=bucket,
+            Key=_s3_key(name),
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]},
+        )
+
+
+def multipart_abort(name: str, *, upload_id: str) -> None:
+    """Abort a multipart upload (S3 drops its parts); an upload S3 no longer knows is already gone."""
+    from botocore.exceptions import ClientError
+
+    client, bucket = _s3()
+    try:
+        with _s3_calls():
+            client.abort_multipart_upload(Bucket=bucket, Key=_s3_key(name), UploadId=upload_id)  # type: ignore[attr-defined]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            raise
+
+
+def blob_size(name: str) -> int:
+    client, bucket = _s3()
+    with _s3_calls():
+        return int(client.head_object(Bucket=bucket, Key=_s3_key(name))["ContentLength"])  # type: ignore[attr-defined]
+
+
+def blob_copy_to(name: str, out: IO[bytes], hasher: object) -> int:
+    """Stream the object into ``out`` 1 MiB at a time, feeding ``hasher``; returns the bytes read.
+
+    Reads the body directly: the storage's own ``open()`` buffers the whole object in memory.
+    """
+    client, bucket = _s3()
+    size = 0
+    with _s3_calls():
+        body = client.get_object(Bucket=bucket, Key=_s3_key(name))["Body"]  # type: ignore[attr-defined]
+        for chunk in body.iter_chunks(CHUNK):
+            hasher.update(chunk)  # type: ignore[attr-defined]
+            out.write(chunk)
+            size += len(chunk)
+    return size
+
+
+def blob_adopt(name: str, *, sha256: str, kind: str = "artifacts") -> str:
+    """Move a verified object from its staging name to its content address; returns the key.
+
+    A server-side copy (S3 copies the bytes; for a large object boto3 copies it in parts), skipped when
+    the same bytes are already stored. The staging object is deleted either way.
+    """
+    key = blob_key(sha256, kind)
+    client, bucket = _s3()
+    with _s3_calls():
+        if not blob_exists(key):
+            client.copy(  # type: ignore[attr-defined]
+                {"Bucket": bucket, "Key": _s3_key(name)}, bucket, _s3_key(key)
+            )
+        client.delete_object(Bucket=bucket, Key=_s3_key(name))  # type: ignore[attr-defined]
+    return key

@@ -17,3 +17,10 @@ def audit_seal() -> None:
     from registry.audit import audit_seal as seal
 
     seal()
+
+
+@shared_task(name="workers.maintenance.direct_uploads_expire", acks_late=True, ignore_result=True)
+def direct_uploads_expire() -> None:
+    from registry.direct_uploads import direct_uploads_expire as expire
+
+    expire()

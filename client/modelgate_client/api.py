@@ -12,9 +12,11 @@ fake server, and `backoff=0` to make retries instant.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import time
 import uuid
@@ -45,10 +47,18 @@ DEFAULT_TIMEOUT = 60.0
 # for a multi-GB model that takes longer than an ordinary read timeout.
 UPLOAD_READ_TIMEOUT = 600.0
 RETRY_STATUSES = frozenset({502, 503, 504})
+# S3 asks clients to retry its 500 InternalError as well as 503 SlowDown.
+PART_RETRY_STATUSES = RETRY_STATUSES | {500}
+# Files at least this large go straight to the artifact store by presigned multipart upload when the
+# server's store is S3 (override: `direct_upload_bytes`, or MODELGATE_DIRECT_UPLOAD_BYTES).
+DIRECT_UPLOAD_BYTES = 64 * 1024 * 1024
+DIRECT_UPLOAD_ENV = "MODELGATE_DIRECT_UPLOAD_BYTES"
 CHUNK_SIZE = 1024 * 1024
 CHECKSUM_HEADER = "X-Checksum-Sha256"
 
 T = TypeVar("T")
+
+log = logging.getLogger("modelgate_client")
 
 
 class ApiError(Exception):
@@ -171,8 +181,13 @@ class Client:
         backoff: float = 1.0,
         transport: httpx.BaseTransport | None = None,
         user_agent: str | None = None,
+        direct_upload_bytes: int | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.direct_upload_bytes = (
+            direct_upload_bytes if direct_upload_bytes is not None else direct_upload_bytes_from_env()
+        )
+        self._transport = transport
         base = self.url if self.url.endswith("/api/v1") else f"{self.url}/api/v1"
         self.retries = retries
         self.backoff = backoff
@@ -225,20 +240,29 @@ class Client:
         progress: Progress | None = None,
         *,
         hash_progress: Progress | None = None,
+        direct_threshold: int | None = None,
     ) -> dict[str, Any]:
         """Upload an artifact as a new version of `model`; returns the Version (201).
 
         1. Hash the file (streaming) and put `sha256` into the metadata, so that the server can
            verify what it received.
-        2. Send it as multipart (`artifact`, `metadata`) with an `Idempotency-Key`: generated once
-           here unless given, and the same on every retry, so that a retry after a lost response
-           returns the version already created instead of registering a second one.
-        3. Retry connection errors and 502/503/504 (see `retries`, `backoff`).
+        2. From `direct_threshold` bytes up (default: the client's `direct_upload_bytes`), send the
+           file straight to the server's S3 store by presigned multipart upload (`push_direct`); a
+           server whose store is its disk says so, and the push goes on as multipart.
+        3. Otherwise send it as multipart (`artifact`, `metadata`) with an `Idempotency-Key`:
+           generated once here unless given, and the same on every retry, so that a retry after a
+           lost response returns the version already created instead of registering a second one.
+        4. Retry connection errors and 502/503/504 (see `retries`, `backoff`).
         """
         path = Path(artifact_path)
         meta = dict(metadata)
         meta["sha256"] = file_sha256(path, hash_progress)
         key = idempotency_key or str(uuid.uuid4())
+        threshold = self.direct_upload_bytes if direct_threshold is None else direct_threshold
+        if path.stat().st_size >= threshold:
+            version = self._push_direct(model, path, meta, key, progress)
+            if version is not None:
+                return version
         metadata_json = json.dumps(meta)
         read_timeout = max(self.timeout, UPLOAD_READ_TIMEOUT)
 
@@ -254,6 +278,108 @@ class Client:
                 )
 
         return self._json(self._retrying(attempt))
+
+    def push_direct(
+        self,
+        model: str,
+        artifact_path: str | os.PathLike[str],
+        metadata: Mapping[str, Any],
+        idempotency_key: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any] | None:
+        """Push by presigned multipart upload to the server's S3 store; None when it has none.
+
+        The bytes go to S3 part by part, each streamed from the file; the server only hands out the
+        URLs and then verifies and registers what S3 assembled.
+        """
+        path = Path(artifact_path)
+        meta = dict(metadata)
+        meta.setdefault("sha256", file_sha256(path))
+        return self._push_direct(model, path, meta, idempotency_key or str(uuid.uuid4()), progress)
+
+    def _push_direct(
+        self, model: str, path: Path, meta: dict[str, Any], key: str, progress: Progress | None
+    ) -> dict[str, Any] | None:
+        """1. Start the upload (the server answers with one presigned URL per part).
+        2. PUT each part to S3, retrying a part on transport errors and 5xx; abort on failure.
+        3. Complete with the parts' ETags and the metadata (same Idempotency-Key on a retry).
+        """
+        base = f"models/{_seg(model)}/uploads/"
+        size = path.stat().st_size
+        body = {"filename": path.name, "size": size, "sha256": meta["sha256"]}
+        try:
+            # Not retried: a start whose answer was lost only leaves a pending upload to the sweep.
+            started = self._json(self._send("POST", base, json=body))
+        except ApiError as e:
+            # 409: the server stores artifacts on its disk; 404/405: a server without the endpoint
+            # (or no such model, which the multipart push then reports in the same words).
+            if e.code == "direct_upload_unavailable" or e.status in (404, 405):
+                log.info("direct upload not available (%s); pushing as multipart", e.message)
+                return None
+            raise
+        upload = f"{base}{_seg(started['id'])}/"
+        try:
+            parts = self._put_parts(path, started, progress)
+        except BaseException:
+            # Best effort: S3 keeps the parts of an unfinished upload until it is aborted.
+            with contextlib.suppress(httpx.HTTPError):
+                self._http.delete(upload)
+            raise
+        read_timeout = max(self.timeout, UPLOAD_READ_TIMEOUT)
+        return self._json(
+            self._retrying(
+                lambda: self._http.post(
+                    f"{upload}complete/",
+                    json={"parts": parts, "metadata": meta},
+                    headers={"Idempotency-Key": key},
+                    # The server reads the object back from S3, hashes and checks it before it answers.
+                    timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0), read=read_timeout),
+                )
+            )
+        )
+
+    def _put_parts(
+        self, path: Path, started: Mapping[str, Any], progress: Progress | None
+    ) -> list[dict[str, Any]]:
+        part_size = int(started["part_size"])
+        done: list[dict[str, Any]] = []
+        # A client of its own: S3 must not receive the registry's token.
+        with httpx.Client(
+            timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0), read=UPLOAD_READ_TIMEOUT),
+            transport=self._transport,
+        ) as s3:
+            for part in started["parts"]:
+                number, length = int(part["part_number"]), int(part["size"])
+                offset = (number - 1) * part_size
+                etag = self._put_part(s3, part["url"], path, offset, length, progress)
+                done.append({"part_number": number, "etag": etag})
+        return done
+
+    def _put_part(
+        self, s3: httpx.Client, url: str, path: Path, offset: int, length: int, progress: Progress | None
+    ) -> str:
+        where = httpx.URL(url).copy_with(query=None)
+        for n in range(self.retries + 1):
+            last = n == self.retries
+            try:
+                response = s3.put(
+                    url,
+                    content=_file_range(path, offset, length, progress),
+                    # With a length, httpx streams the generator without chunked encoding (S3 refuses it).
+                    headers={"Content-Length": str(length)},
+                )
+            except httpx.TransportError as e:
+                if last:
+                    raise ServerUnreachable(str(where), e) from e
+                delay = self.backoff * 2**n
+            else:
+                if response.status_code not in PART_RETRY_STATUSES or last:
+                    if response.is_error:
+                        raise ApiError.from_response(response)
+                    return response.headers["ETag"]
+                delay = _retry_after(response) or self.backoff * 2**n
+            time.sleep(min(delay, 60.0))
+        raise AssertionError("unreachable")
 
     def get_version(self, model: str, v: int | str) -> dict[str, Any]:
         return self._json(self._send_retrying("GET", f"models/{_seg(model)}/versions/{_seg(v)}/"))
@@ -420,6 +546,39 @@ class Client:
                 f"expected a JSON object from {response.request.url}",
             )
         return body
+
+
+def direct_upload_bytes_from_env(env: Mapping[str, str] | None = None) -> int:
+    """MODELGATE_DIRECT_UPLOAD_BYTES (a byte count, or with a K/M/G suffix), else the default."""
+    value = (os.environ if env is None else env).get(DIRECT_UPLOAD_ENV, "").strip()
+    return parse_size(value) if value else DIRECT_UPLOAD_BYTES
+
+
+def parse_size(text: str) -> int:
+    """`1048576`, `64M`, `1G`, `512KiB` as bytes (binary multiples); ValueError otherwise."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned[-1:] in units else (cleaned, "")
+    if not number.isdigit():
+        raise ValueError(f"{text!r} is not a size (e.g. 67108864, 64M or 1G)")
+    return int(number) * units[unit]
+
+
+def _file_range(path: Path, offset: int, length: int, progress: Progress | None) -> Iterator[bytes]:
+    """`length` bytes of the file from `offset`, 1 MiB at a time; progress counts the whole file."""
+    sent = 0
+    if progress is not None:
+        progress(offset)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while sent < length:
+            chunk = f.read(min(CHUNK_SIZE, length - sent))
+            if not chunk:
+                raise OSError(f"{path} shrank while it was being uploaded")
+            sent += len(chunk)
+            if progress is not None:
+                progress(offset + sent)
+            yield chunk
 
 
 class _RetryableStatus(Exception):

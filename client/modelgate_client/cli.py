@@ -41,11 +41,14 @@ from rich.text import Text
 
 from modelgate_client.api import (
     DEFAULT_TIMEOUT,
+    DIRECT_UPLOAD_ENV,
     ApiError,
     ChecksumMismatch,
     Client,
     ServerUnreachable,
     __version__,
+    direct_upload_bytes_from_env,
+    parse_size,
 )
 from modelgate_client.source import SOURCE_FIELDS, resolve_source
 
@@ -220,6 +223,25 @@ def _version_number(text: str, whole: str) -> int:
     return int(text)
 
 
+def _parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _direct_threshold(flag: int | None, env: Mapping[str, str]) -> int:
+    """--direct-threshold, else MODELGATE_DIRECT_UPLOAD_BYTES, else the client's default."""
+    if flag is not None:
+        return flag
+    try:
+        return direct_upload_bytes_from_env(env)
+    except ValueError as e:
+        raise CliError(f"{DIRECT_UPLOAD_ENV}: {e}") from None
+
+
 @cli.command()
 @click.argument("artifact", type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "-m", required=True, help="Registered model to add a version to.")
@@ -256,6 +278,16 @@ def _version_number(text: str, whole: str) -> int:
     metavar="KEY",
     help="Same key on a re-run of a CI job = the same version back (default: a new UUID per push).",
 )
+@click.option(
+    "--direct-threshold",
+    metavar="SIZE",
+    callback=_parse_size,
+    help=(
+        "From this size up (bytes, or 64M, 1G), the file goes straight to the server's S3 store by "
+        "presigned multipart upload; servers storing on disk take a normal push.  "
+        "[env: MODELGATE_DIRECT_UPLOAD_BYTES; default: 64M]"
+    ),
+)
 @click.option("--wait", is_flag=True, help="Follow the version until --until, rejection or --timeout.")
 @click.option(
     "--until",
@@ -286,6 +318,7 @@ def push(
     ci_run_url: str | None,
     author: str | None,
     idempotency_key: str | None,
+    direct_threshold: int | None,
     wait: bool,
     until: str | None,
     wait_timeout: float | None,
@@ -333,6 +366,7 @@ def push(
             idempotency_key=_idempotency_uuid(idempotency_key),
             progress=uploading,
             hash_progress=hashing,
+            direct_threshold=_direct_threshold(direct_threshold, settings.environ()),
         )
     number = version.get("version")
     pushed_line = f"pushed {model} v{number} (sha256 {version.get('sha256', '?')})"

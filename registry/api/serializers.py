@@ -102,18 +102,63 @@ class PushSerializer(serializers.Serializer):
     metadata = serializers.CharField(required=False, default="{}", max_length=1_000_000)
 
     def validate_metadata(self, value: str) -> dict:
+        return push_metadata(value)
+
+
+def push_metadata(value: str | dict) -> dict:
+    """A push's ``metadata``, as a JSON string (multipart) or an object (a JSON body), validated."""
+    if isinstance(value, str):
         try:
-            document = json.loads(value or "{}")
+            value = json.loads(value or "{}")
         except (json.JSONDecodeError, RecursionError) as exc:
             raise serializers.ValidationError(f"metadata is not valid JSON: {exc}") from None
-        if not isinstance(document, dict):
-            raise serializers.ValidationError("metadata must be a JSON object")
-        if where := nul_path(document, "metadata"):
-            raise serializers.ValidationError(f"{where} holds a NUL character, which cannot be stored")
-        inner = PushMetadataSerializer(data=document)
-        if not inner.is_valid():
-            raise serializers.ValidationError(inner.errors)
-        return inner.validated_data
+    if not isinstance(value, dict):
+        raise serializers.ValidationError("metadata must be a JSON object")
+    if where := nul_path(value, "metadata"):
+        raise serializers.ValidationError(f"{where} holds a NUL character, which cannot be stored")
+    inner = PushMetadataSerializer(data=value)
+    if not inner.is_valid():
+        raise serializers.ValidationError(inner.errors)
+    return inner.validated_data
+
+
+class DirectUploadStartSerializer(serializers.Serializer):
+    filename = serializers.CharField(
+        max_length=255, help_text="the artifact's file name (its extension counts)"
+    )
+    size = serializers.IntegerField(min_value=1, max_value=5 * 1024**4, help_text="bytes")
+    sha256 = serializers.CharField(validators=[hex64])
+
+
+class DirectUploadPartURLSerializer(serializers.Serializer):
+    part_number = serializers.IntegerField()
+    size = serializers.IntegerField()
+    url = serializers.CharField()
+
+
+class DirectUploadOutSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    filename = serializers.CharField()
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    state = serializers.CharField()
+    part_size = serializers.IntegerField()
+    parts = DirectUploadPartURLSerializer(many=True)
+    expires_at = serializers.DateTimeField()
+    complete_url = serializers.CharField()
+
+
+class DirectUploadPartSerializer(serializers.Serializer):
+    part_number = serializers.IntegerField(min_value=1, max_value=10_000)
+    etag = serializers.CharField(max_length=200)
+
+
+class DirectUploadCompleteSerializer(serializers.Serializer):
+    parts = DirectUploadPartSerializer(many=True, allow_empty=False, max_length=10_000)
+    metadata = serializers.JSONField(required=False, default=dict, help_text="the same document as a push's")
+
+    def validate_metadata(self, value: str | dict) -> dict:
+        return push_metadata(value)
 
 
 class DatasetUploadSerializer(serializers.Serializer):

@@ -15,6 +15,17 @@ urlpatterns = [
     path("models/<slug:name>/aliases/<slug:alias>/", v.AliasDetailView.as_view(), name="alias-detail"),
     path("models/<slug:name>/history/", v.HistoryView.as_view(), name="model-history"),
     path("models/<slug:name>/versions/", v.VersionListView.as_view(), name="version-list"),
+    path("models/<slug:name>/uploads/", v.DirectUploadListView.as_view(), name="direct-upload-list"),
+    path(
+        "models/<slug:name>/uploads/<uuid:upload>/",
+        v.DirectUploadDetailView.as_view(),
+        name="direct-upload-detail",
+    ),
+    path(
+        "models/<slug:name>/uploads/<uuid:upload>/complete/",
+        v.DirectUploadCompleteView.as_view(),
+        name="direct-upload-complete",
+    ),
     path("models/<slug:name>/versions/<int:version>/", v.VersionDetailView.as_view(), name="version-detail"),
     path(
         "models/<slug:name>/versions/<int:version>/artifact/",

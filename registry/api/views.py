@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import uuid
 from pathlib import Path
 
 from django.db.models import Count
@@ -21,7 +23,7 @@ from rest_framework.views import APIView
 
 from lifecycle.pipeline import version_push, version_revalidate
 from lifecycle.policy import policy_validate
-from registry import selectors, services
+from registry import direct_uploads, selectors, services
 from registry.api import serializers as s
 from registry.errors import Gone
 from registry.models import Alias, Dataset, Event, ModelVersion, RegisteredModel
@@ -223,9 +225,7 @@ class VersionListView(APIView):
         form = s.PushSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         artifact = form.validated_data["artifact"]
-        key = request.headers.get("Idempotency-Key") or None
-        if key is not None and not (1 <= len(key) <= 255):
-            raise ValidationError({"Idempotency-Key": ["between 1 and 255 characters"]})
+        key = _idempotency_key(request)
         version, created = version_push(
             model=model,
             upload=_upload(artifact),
@@ -238,6 +238,13 @@ class VersionListView(APIView):
         return Response(s.VersionOutSerializer(version).data, status=status.HTTP_201_CREATED, headers=headers)
 
 
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and not (1 <= len(key) <= 255):
+        raise ValidationError({"Idempotency-Key": ["between 1 and 255 characters"]})
+    return key
+
+
 def _upload(uploaded) -> services.Upload:
     return services.Upload(
         path=Path(uploaded.temporary_file_path()),
@@ -245,6 +252,73 @@ def _upload(uploaded) -> services.Upload:
         size=uploaded.size,
         filename=uploaded.name or "",
     )
+
+
+class DirectUploadListView(APIView):
+    @extend_schema(request=s.DirectUploadStartSerializer, responses={201: s.DirectUploadOutSerializer})
+    def post(self, request: Request, name: str) -> Response:
+        model = model_for(request, name, "push")
+        form = s.DirectUploadStartSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        started = direct_uploads.direct_upload_start(model=model, actor=request.user, **form.validated_data)
+        upload = started.upload
+        body = {
+            "id": upload.id,
+            "filename": upload.filename,
+            "size": upload.size,
+            "sha256": upload.sha256,
+            "state": upload.state,
+            "part_size": upload.part_size,
+            "parts": [
+                {
+                    "part_number": n,
+                    "size": min(upload.part_size, upload.size - (n - 1) * upload.part_size),
+                    "url": url,
+                }
+                for n, url in enumerate(started.urls, start=1)
+            ],
+            "expires_at": upload.expires_at,
+            "complete_url": f"/api/v1/models/{model.name}/uploads/{upload.id}/complete/",
+        }
+        return Response(s.DirectUploadOutSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class DirectUploadCompleteView(APIView):
+    @extend_schema(
+        request=s.DirectUploadCompleteSerializer,
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+        responses={201: s.VersionOutSerializer},
+    )
+    def post(self, request: Request, name: str, upload: uuid.UUID) -> Response:
+        model = model_for(request, name, "push")
+        form = s.DirectUploadCompleteSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        key = _idempotency_key(request)
+        version, created = direct_uploads.direct_upload_complete(
+            model=model,
+            actor=request.user,
+            upload_id=upload,
+            parts=[(p["part_number"], p["etag"]) for p in form.validated_data["parts"]],
+            register=functools.partial(
+                version_push,
+                model=model,
+                metadata=form.validated_data["metadata"],
+                actor=request.user,
+                idempotency_key=key,
+            ),
+            idempotency_key=key,
+        )
+        version = selectors.version_get(model, version.version)
+        headers = {} if created else {"Idempotent-Replayed": "true"}
+        return Response(s.VersionOutSerializer(version).data, status=status.HTTP_201_CREATED, headers=headers)
+
+
+class DirectUploadDetailView(APIView):
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, name: str, upload: uuid.UUID) -> Response:
+        model = model_for(request, name, "push")
+        direct_uploads.direct_upload_abort(model=model, actor=request.user, upload_id=upload)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class VersionDetailView(APIView):

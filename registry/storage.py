@@ -135,7 +135,11 @@ def blob_put(fileobj: IO[bytes], *, sha256: str, kind: str = "artifacts") -> str
 
 
 def blob_open(key: str) -> IO[bytes]:
+    """A readable stream of the blob. On S3 it is the response body itself, read as it arrives:
+    django-storages' ``open()`` would first download the whole object into memory."""
     try:
+        if store_is_s3():
+            return _s3_body(key)
         return store().open(key, "rb")
     except FileNotFoundError:
         raise
@@ -272,6 +276,18 @@ def multipart_abort(name: str, *, upload_id: str) -> None:
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
             raise
+
+
+def _s3_body(name: str) -> IO[bytes]:
+    from botocore.exceptions import ClientError
+
+    client, bucket = _s3()
+    try:
+        return client.get_object(Bucket=bucket, Key=_s3_key(name))["Body"]  # type: ignore[attr-defined]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            raise FileNotFoundError(name) from exc
+        raise
 
 
 def blob_size(name: str) -> int:

@@ -500,9 +500,19 @@ def test_the_s3_backend_round_trips_an_artifact_through_moto_server(
         f"registry/artifacts/sha256/{created.json()['sha256'][:2]}/{created.json()['sha256'][2:4]}/{created.json()['sha256']}"
     ]
 
+    # Reads stream the response body: django-storages' open() would hold the whole object in memory.
+    from storages.backends.s3 import S3Storage
+
+    monkeypatch.setattr(S3Storage, "_open", lambda *a, **k: pytest.fail("read through S3Storage.open"))
     download = viewer.client.get("/api/v1/models/fraud/versions/1/artifact/")
     assert b"".join(download.streaming_content) == artifact.read_bytes()
     assert download["X-Checksum-Sha256"] == created.json()["sha256"]
+    from registry.storage import blob_local_path
+
+    with blob_local_path(keys[0].removeprefix("registry/"), suffix=".onnx") as local:
+        assert local.read_bytes() == artifact.read_bytes()
+    s3.delete_object(Bucket="models", Key=keys[0])
+    assert viewer.client.get("/api/v1/models/fraud/versions/1/artifact/").status_code == 410
 
 
 def test_an_unreachable_s3_store_gives_503_and_writes_no_version(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -57,3 +59,33 @@ app.conf.update(
     },
     worker_hijack_root_logger=False,
 )
+
+# The queues whose tasks open models in TensorFlow, Keras, ONNX Runtime or the TFLite interpreter.
+MODEL_QUEUES = frozenset({"gates", "exports", "shadow"})
+
+
+@signals.worker_init.connect
+def _preload_model_runtimes(sender: object = None, **kwargs: object) -> None:
+    """Import the model runtimes once in a worker's main process, before the pool forks its children.
+
+    The gates and exports workers run ``--max-tasks-per-child 1``: every task is a fresh child, and
+    importing TensorFlow there costs 4-5 s of each gate run and each export. Imported in the parent,
+    the modules are inherited by every fork for free. Importing creates no TensorFlow thread pool or
+    session (those start with the first op, in the child), so the children are safe; a parent never
+    opens a model. ``MODELGATE_PRELOAD_RUNTIMES=false`` turns it off.
+    """
+    if os.environ.get("MODELGATE_PRELOAD_RUNTIMES", "true").lower() in {"0", "false", "no", "off"}:
+        return
+    consumed = set(getattr(sender, "app", app).amqp.queues.consume_from or QUEUES)
+    if not consumed & MODEL_QUEUES:
+        return
+    started = time.perf_counter()
+    import keras  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import tensorflow  # noqa: F401
+
+    logging.getLogger(__name__).info(
+        "preloaded tensorflow, keras and onnxruntime for %s in %.1f s",
+        ",".join(sorted(consumed & MODEL_QUEUES)),
+        time.perf_counter() - started,
+    )

@@ -293,6 +293,9 @@ def worker_env(
         "SLACK_SIGNING_SECRET": SLACK_SIGNING_SECRET,
         "SLACK_API_URL": f"{slack_server.url}/api/",
         "MODELGATE_WEBHOOK_BACKOFF_SECONDS": "0.5",
+        # Most tests start workers that consume every queue and never fork per task: importing TensorFlow
+        # up front would only slow each start. tests/load/test_topology.py runs it as deployed.
+        "MODELGATE_PRELOAD_RUNTIMES": "false",
     }
     return env
 

@@ -87,7 +87,12 @@ def test_the_compose_topology_with_two_workers_per_queue_does_each_piece_of_work
     assert set().union(*map(queues_of, workers.values())) == set(QUEUES)  # every queue has a consumer
     assert [name for name, cmd in commands.items() if cmd[3] == "beat"] == ["beat"]  # exactly one
 
-    env = {**worker_env, "CELERY_BROKER_URL": private_redis.url, "MODELGATE_SHADOW_SECONDS": "2"}
+    env = {
+        **worker_env,
+        "CELERY_BROKER_URL": private_redis.url,
+        "MODELGATE_SHADOW_SECONDS": "2",
+        "MODELGATE_PRELOAD_RUNTIMES": "true",  # as deployed
+    }
     started: dict[tuple[str, str], subprocess.Popen] = {}
     for name, command in workers.items():
         for host in HOSTS:
@@ -177,3 +182,6 @@ def test_the_compose_topology_with_two_workers_per_queue_does_each_piece_of_work
     )
     assert shadow >= 1
     assert all(proc.poll() is None for proc in fresh_workers.procs), "a worker died"
+    # The workers that open models import TensorFlow once, before forking a child per task; the others not.
+    for (service, _), log in logs.items():
+        assert ("preloaded tensorflow" in log) == (service != "worker-pipeline"), service

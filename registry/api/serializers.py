@@ -8,7 +8,7 @@ from typing import Any
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-from registry.errors import nul_path
+from registry.errors import JSON_MAX_DEPTH, deep_path, nul_path
 from registry.models import (
     Alias,
     Dataset,
@@ -102,12 +102,19 @@ class PushSerializer(serializers.Serializer):
     metadata = serializers.CharField(required=False, default="{}", max_length=1_000_000)
 
     def validate_metadata(self, value: str) -> dict:
+        too_deep = f"metadata is nested too deeply: at most {JSON_MAX_DEPTH} levels of objects and lists"
         try:
             document = json.loads(value or "{}")
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except RecursionError:  # Python's json gives up past its recursion limit
+            raise serializers.ValidationError(too_deep) from None
+        except json.JSONDecodeError as exc:
             raise serializers.ValidationError(f"metadata is not valid JSON: {exc}") from None
         if not isinstance(document, dict):
             raise serializers.ValidationError("metadata must be a JSON object")
+        if where := deep_path(document, "metadata"):
+            # Within the recursion limit a deep document parses, but every later reader (the renderer,
+            # the pages, the report) would recurse through it again: refuse it here, once.
+            raise serializers.ValidationError(f"{too_deep} ({where} is deeper)")
         if where := nul_path(document, "metadata"):
             raise serializers.ValidationError(f"{where} holds a NUL character, which cannot be stored")
         inner = PushMetadataSerializer(data=document)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
+from registry.api import parsers
 from registry.errors import JSON_MAX_DEPTH, deep_path, nul_path
 from registry.models import (
     Alias,
@@ -104,10 +104,10 @@ class PushSerializer(serializers.Serializer):
     def validate_metadata(self, value: str) -> dict:
         too_deep = f"metadata is nested too deeply: at most {JSON_MAX_DEPTH} levels of objects and lists"
         try:
-            document = json.loads(value or "{}")
+            document = parsers.loads(value or "{}")
         except RecursionError:  # Python's json gives up past its recursion limit
             raise serializers.ValidationError(too_deep) from None
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, or a number jsonb cannot store (NaN, 1e999)
             raise serializers.ValidationError(f"metadata is not valid JSON: {exc}") from None
         if not isinstance(document, dict):
             raise serializers.ValidationError("metadata must be a JSON object")

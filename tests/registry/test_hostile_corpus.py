@@ -205,6 +205,10 @@ METADATA: dict[str, tuple[str, int, str]] = {
         400,
         "version",
     ),
+    # jsonb stores finite numbers only: these were accepted, then failed on save with a 500.
+    "nan_in_params": ('{"params": {"lr": NaN}}', 400, "NaN is not a JSON number"),
+    "infinity_in_params": ('{"params": {"lr": -Infinity}}', 400, "Infinity is not a JSON number"),
+    "overflowing_float_in_params": ('{"params": {"lr": 1e999}}', 400, "1e999 is out of range"),
     "nul_in_a_key": (json.dumps({"params": {"a\x00b": 1}}), 400, "NUL"),
 }
 
@@ -255,6 +259,27 @@ JSON_BODIES: dict[str, tuple[str, str, bytes, int, str]] = {
         b'{"gates": ' + nested_list(10_000).encode() + b"}",
         400,
         "nested",
+    ),
+    "policy_overflowing_float": (
+        "put",
+        "/api/v1/models/fraud/policy/",
+        b'{"gates": [{"kind": "size", "max_mb": 1e999}]}',
+        400,
+        "out of range",
+    ),
+    "policy_infinity_literal": (
+        "put",
+        "/api/v1/models/fraud/policy/",
+        b'{"shadow": {"max_days": Infinity}}',
+        400,
+        "not a JSON number",
+    ),
+    "predict_nan_inputs": (
+        "post",
+        "/api/v1/models/fraud/predict/",
+        b'{"inputs": [[NaN, 1, 2, 3]]}',
+        400,
+        "not a JSON number",
     ),
     "policy_a_list": ("put", "/api/v1/models/fraud/policy/", b"[1]", 400, "JSON object"),
     "policy_broken_json": ("put", "/api/v1/models/fraud/policy/", b'{"gates": [', 400, "JSON"),

@@ -28,7 +28,8 @@ Metric = Literal["accuracy", "precision", "recall", "f1", "roc_auc", "log_loss",
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: jsonb cannot store them, and inf would pass every `gt=0`.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LoadsGate(_Strict):

@@ -58,3 +58,22 @@ def nul_path(value: object, field: str) -> str | None:
             if found:
                 return found
     return None
+
+
+# JSON documents that clients send (push metadata, parameters) are refused past this depth: none needs
+# more, and a deeper one only costs recursion wherever it is read, rendered or stored.
+JSON_MAX_DEPTH = 32
+
+
+def deep_path(value: object, field: str, limit: int = JSON_MAX_DEPTH) -> str | None:
+    """Where a JSON document nests deeper than ``limit`` levels (walked without recursion)."""
+    stack: list[tuple[object, str, int]] = [(value, field, 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        if depth > limit:
+            return where
+        children = item.items() if isinstance(item, dict) else enumerate(item)
+        stack.extend((child, f"{where}.{key}", depth + 1) for key, child in children)
+    return None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -20,12 +23,39 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+
+
+def _secrets() -> list[str]:
+    database = settings.DATABASES["default"]
+    values = [
+        settings.SECRET_KEY,
+        database.get("PASSWORD") or "",
+        settings.SLACK_BOT_TOKEN,
+        settings.SLACK_SIGNING_SECRET,
+        os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+    ]
+    return [value for value in values if len(value) >= 4]
+
+
+def redact(text: str) -> str:
+    """An error message as /readyz may show it: no ``user:password@`` in URLs, no configured secret.
+
+    Drivers put connection strings in their errors (a broker or database URL with its password), and
+    /readyz is public; so is whatever a probe logs.
+    """
+    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+    for secret in _secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
 def _check(fn) -> dict:
     started = time.perf_counter()
     try:
         fn()
     except Exception as exc:
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"ok": False, "error": redact(f"{type(exc).__name__}: {exc}")[:300]}
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
 
 

@@ -19,12 +19,14 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import UnsupportedMediaType
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from lifecycle import runtimes, serving, traffic
+from registry.api import parsers
+from registry.api.parsers import JSONParser
 from registry.api.views import model_for
 from registry.errors import NotFound, ServiceError
 from registry.models import Export, ModelRole, ModelVersion, RegisteredModel, TrafficRecord
@@ -129,7 +131,7 @@ def _json_body(request: Request) -> object:
     if content_type != "application/json":
         raise UnsupportedMediaType(content_type or "(none)")
     try:
-        return json.loads(request.body)
+        return parsers.loads(request.body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
 

@@ -388,6 +388,32 @@ def tar_bomb(tmp_path: Path, *, unpacked_mib: int = 64) -> Path:
     )
 
 
+def size_bomb_zip(tmp_path: Path, *, members: int = 3) -> Path:
+    """A small zip whose central directory declares ~4 GiB per member (12 GiB in all by default).
+
+    The members are written stored, then each central-directory entry's uncompressed size is patched
+    to 0xFFFFFFFE (0xFFFFFFFF would announce a zip64 field): the archive lies about its size, as a
+    size bomb does, without the test writing gigabytes.
+    """
+    import struct
+
+    path = _out(tmp_path, "size_bomb.zip")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("saved_model.pb", SAVEDMODEL_PB_PLACEHOLDER)
+        for i in range(members):
+            zf.writestr(f"variables/variables.data-{i:05d}-of-{members:05d}", b"0")
+    data = bytearray(path.read_bytes())
+    start = data.find(b"PK\x01\x02")
+    while start != -1:
+        name_length = struct.unpack_from("<H", data, start + 28)[0]
+        name = bytes(data[start + 46 : start + 46 + name_length])
+        if name.startswith(b"variables/"):
+            struct.pack_into("<I", data, start + 24, 0xFFFFFFFE)  # uncompressed size
+        start = data.find(b"PK\x01\x02", start + 46)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def many_members_zip(tmp_path: Path, *, members: int = 50) -> Path:
     entries: list[tuple[zipfile.ZipInfo | str, bytes]] = [("saved_model.pb", SAVEDMODEL_PB_PLACEHOLDER)]
     entries += [(f"assets/{i}.txt", b"") for i in range(members)]

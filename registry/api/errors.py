@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -58,6 +59,18 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         # Python's json gives up on deeply nested documents with a RecursionError, not a ValueError,
         # so DRF's parsers let it through as a 500.
         return Response(error_body("invalid", "the JSON document is nested too deeply"), status=400)
+    if isinstance(exc, RequestDataTooBig):
+        # Django raises it (a SuspiciousOperation) while reading a JSON body or a multipart form's fields;
+        # left alone it became a bare "Bad request." that did not say what was too big.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        message = (
+            f"The request's JSON body or form fields (e.g. the push's metadata) are larger than the limit "
+            f"of {limit} bytes ({limit / 1024**2:.0f} MiB); files are not counted."
+        )
+        return Response(error_body("too_large", message), status=413)
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return Response(error_body("invalid", f"The request has more than {limit} form fields."), status=400)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or "Not found.")
     elif isinstance(exc, PermissionDenied):

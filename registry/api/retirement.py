@@ -5,13 +5,14 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from lifecycle import retirement
 from registry import selectors
+from registry.api.parsers import JSONParser
 from registry.api.serializers import VersionOutSerializer
 from registry.api.views import _upload, version_for
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-from registry.errors import nul_path
+from registry.api import parsers
+from registry.errors import JSON_MAX_DEPTH, deep_path, nul_path
 from registry.models import (
     Alias,
     Dataset,
@@ -107,16 +107,24 @@ class PushSerializer(serializers.Serializer):
 
 def push_metadata(value: str | dict) -> dict:
     """A push's ``metadata``, as a JSON string (multipart) or an object (a JSON body), validated."""
+    too_deep = f"metadata is nested too deeply: at most {JSON_MAX_DEPTH} levels of objects and lists"
+    document = value
     if isinstance(value, str):
         try:
-            value = json.loads(value or "{}")
-        except (json.JSONDecodeError, RecursionError) as exc:
+            document = parsers.loads(value or "{}")
+        except RecursionError:  # Python's json gives up past its recursion limit
+            raise serializers.ValidationError(too_deep) from None
+        except ValueError as exc:  # not JSON, or a number jsonb cannot store (NaN, 1e999)
             raise serializers.ValidationError(f"metadata is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
+    if not isinstance(document, dict):
         raise serializers.ValidationError("metadata must be a JSON object")
-    if where := nul_path(value, "metadata"):
+    if where := deep_path(document, "metadata"):
+        # Within the recursion limit a deep document parses, but every later reader (the renderer,
+        # the pages, the report) would recurse through it again: refuse it here, once.
+        raise serializers.ValidationError(f"{too_deep} ({where} is deeper)")
+    if where := nul_path(document, "metadata"):
         raise serializers.ValidationError(f"{where} holds a NUL character, which cannot be stored")
-    inner = PushMetadataSerializer(data=value)
+    inner = PushMetadataSerializer(data=document)
     if not inner.is_valid():
         raise serializers.ValidationError(inner.errors)
     return inner.validated_data

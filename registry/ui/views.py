@@ -683,6 +683,8 @@ def inbox(request: HttpRequest) -> HttpResponse:
     return render(request, "registry/inbox.html", {"page": page, "rows": rows})
 
 
+@login_required
+@require_GET
 def retirement_page(request: HttpRequest) -> HttpResponse:
     """Upcoming retirements (warned versions, soonest first) on the models the user can see."""
     warned = (
@@ -702,6 +704,7 @@ def retirement_page(request: HttpRequest) -> HttpResponse:
     return render(request, "registry/retirement.html", {"page": page, "rows": rows})
 
 
+@login_required
 @require_POST
 def version_keep(request: HttpRequest, name: str, version: int) -> HttpResponse:
     """The "keep" button: pin the version so the sweep leaves it alone (owners)."""

@@ -145,31 +145,7 @@ def test_an_oversize_upload_over_http_gets_413(live_server, fraud_model, publish
     assert response.json()["error"]["code"] == "too_large"
 
 
-HOSTILE = {
-    "zip_slip": builders.zip_slip_savedmodel,
-    "symlink": builders.symlink_savedmodel_tar,
-    "corrupt_onnx": builders.corrupt_onnx,
-    "onnx_external_data": builders.onnx_with_external_data,
-    "keras_lambda": builders.keras_with_lambda,
-    "unknown_format": builders.unknown_file,
-    "legacy_h5": builders.legacy_h5,
-}
-
-
-@pytest.mark.parametrize("expected_code", sorted(HOSTILE))
-def test_hostile_artifacts_are_refused_with_a_reason(
-    fraud_model, publisher, tmp_path, artifact_dir, expected_code
-):
-    before = stored_files(artifact_dir)
-    response = push(publisher.client, "fraud", HOSTILE[expected_code](tmp_path))
-
-    assert response.status_code == 400, response.content
-    error = response.json()["error"]
-    assert error["code"] == expected_code
-    assert error["message"].startswith("artifact refused: ")
-    assert error["fields"]["artifact"]
-    assert ModelVersion.objects.count() == 0
-    assert stored_files(artifact_dir) == before
+# Hostile artifacts and metadata: tests/registry/test_hostile_corpus.py.
 
 
 def test_a_push_without_an_artifact_names_the_field(fraud_model, publisher):

@@ -39,6 +39,7 @@ SIGNED_IN = frozenset(ROLES) - {"anonymous"}
 EVERYONE = frozenset(ROLES)
 
 V = "/api/v1/models/fraud/versions/1"
+UPLOAD = "00000000-0000-4000-8000-000000000000"  # no such direct upload
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,25 @@ MATRIX: dict[str, list[Rule]] = {
     "api:version-list": [
         Rule("get", "/api/v1/models/fraud/versions/", READ),
         Rule("post", "/api/v1/models/fraud/versions/", PUSH, "PUSH"),
+    ],
+    # Direct uploads to S3: pushing by another road. On this filesystem store a start is a 409 and an
+    # unknown upload a 404 for those allowed; the role is checked before either.
+    "api:direct-upload-list": [
+        Rule(
+            "post",
+            "/api/v1/models/fraud/uploads/",
+            PUSH,
+            {"filename": "m.onnx", "size": 10, "sha256": "a" * 64},
+        )
+    ],
+    "api:direct-upload-detail": [Rule("delete", f"/api/v1/models/fraud/uploads/{UPLOAD}/", PUSH)],
+    "api:direct-upload-complete": [
+        Rule(
+            "post",
+            f"/api/v1/models/fraud/uploads/{UPLOAD}/complete/",
+            PUSH,
+            {"parts": [{"part_number": 1, "etag": "x"}]},
+        )
     ],
     "api:version-detail": [Rule("get", f"{V}/", READ)],
     "api:version-artifact": [Rule("get", f"{V}/artifact/", READ)],

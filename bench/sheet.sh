@@ -36,6 +36,7 @@ run upload $PY bench/upload_rss.py --path both --out "$OUT/upload_rss.json"
 run push_to_approval $PY bench/push_to_approval.py --out "$OUT/push_to_approval.json"
 run serving $PY bench/serving_overhead.py
 run gates $PY bench/gates_throughput.py --repeat 3
+run gates_costly_model $PY bench/gates_throughput.py --repeat 3 --hidden 256
 # The load tests record their latencies (test-results/load.json) while they check every count.
 run load env DATABASE_URL=postgres://postgres@127.0.0.1:5432/modelgate CELERY_BROKER_URL=redis://127.0.0.1:6379/15 \
 	$PY -m pytest tests/load/test_load.py -q -p no:cacheprovider

@@ -208,6 +208,24 @@ def test_a_model_is_presented_exactly_as_its_declared_fields_would_present_it(ow
     assert by_fields["created_at"].endswith("Z") and by_fields["champion"] == 1
 
 
+def test_a_page_of_models_gets_its_champions_and_counts_in_one_query(owner, fraud_model):
+    owner.client.post("/api/v1/models/", {"name": "churn"}, format="json")
+    churn = RegisteredModel.objects.get(name="churn")
+    _, b, c = (ModelVersionFactory(model=fraud_model, version=n) for n in (1, 2, 3))
+    Alias.objects.create(model=fraud_model, name="champion", version=b)
+    type(c).objects.filter(pk=c.pk).update(status="rejected")
+
+    with CaptureQueriesContext(connection) as queries:
+        summary = model_context([fraud_model, churn])
+
+    assert len(queries) == 1
+    assert summary == {
+        "counts": {fraud_model.pk: {"registered": 2, "rejected": 1}},
+        "champions": {fraud_model.pk: 2},
+    }
+    assert model_context([]) == {"counts": {}, "champions": {}}
+
+
 def test_creating_a_model_twice_is_a_conflict(owner, fraud_model):
     response = owner.client.post("/api/v1/models/", {"name": "fraud"}, format="json")
     assert response.status_code == 409

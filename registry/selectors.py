@@ -65,6 +65,37 @@ def tagged(queryset: QuerySet, tag: str, field_name: str = "tags") -> QuerySet:
     )
 
 
+def model_summaries(models: list[RegisteredModel]) -> dict[str, dict[int, Any]]:
+    """Per-status version counts and the champion's version number of each model, in one statement.
+
+    Every model get, list page and UI list page asks this. Written as SQL because the ORM spent more
+    CPU compiling the two queries this replaces (about 0.3 ms each) than the database took to answer
+    them: the first half counts versions by status, the second (status NULL) gives the champion.
+    """
+    ids = [m.pk for m in models]
+    counts: dict[int, dict[str, int]] = {}
+    champions: dict[int, int] = {}
+    if not ids:
+        return {"counts": counts, "champions": champions}
+    in_ids = ", ".join(["%s"] * len(ids))
+    versions, aliases = ModelVersion._meta.db_table, Alias._meta.db_table
+    sql = (
+        f'SELECT v.model_id, v.status, COUNT(*) FROM "{versions}" v WHERE v.model_id IN ({in_ids}) '
+        "GROUP BY v.model_id, v.status "
+        "UNION ALL "
+        f'SELECT a.model_id, NULL, v.version FROM "{aliases}" a JOIN "{versions}" v ON v.id = a.version_id '
+        f"WHERE a.model_id IN ({in_ids}) AND a.name = 'champion'"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*ids, *ids])
+        for model_id, status, n in cursor.fetchall():
+            if status is None:
+                champions[model_id] = n
+            else:
+                counts.setdefault(model_id, {})[status] = n
+    return {"counts": counts, "champions": champions}
+
+
 def model_status_counts(model: RegisteredModel) -> dict[str, int]:
     rows = ModelVersion.objects.filter(model=model).values("status").annotate(n=Count("id")).order_by()
     return {row["status"]: row["n"] for row in rows}

@@ -7,7 +7,6 @@ import functools
 import uuid
 from pathlib import Path
 
-from django.db.models import Count
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils.dateparse import parse_datetime
@@ -79,20 +78,8 @@ def version_for(request: Request, name: str, number: int, action: str = "read") 
 
 
 def model_context(models: list[RegisteredModel]) -> dict:
-    """Champions and per-status counts for a page of models, in two queries."""
-    ids = [m.pk for m in models]
-    counts: dict[int, dict[str, int]] = {}
-    for row in (
-        ModelVersion.objects.filter(model_id__in=ids)
-        .values("model_id", "status")
-        .annotate(n=Count("id"))
-        .order_by()
-    ):
-        counts.setdefault(row["model_id"], {})[row["status"]] = row["n"]
-    champions = dict(
-        Alias.objects.filter(model_id__in=ids, name="champion").values_list("model_id", "version__version")
-    )
-    return {"counts": counts, "champions": champions}
+    """Champions and per-status counts for a page of models, as ``ModelOutSerializer`` reads them."""
+    return selectors.model_summaries(models)
 
 
 def _model_response(model: RegisteredModel, code: int = 200, *, new: bool = False) -> Response:

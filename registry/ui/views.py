@@ -130,7 +130,7 @@ def model_list(request: HttpRequest) -> HttpResponse:
         models = models.filter(Q(name__icontains=query) | Q(description__icontains=query))
     page = Paginator(models, PAGE_SIZE).get_page(request.GET.get("page"))
     on_page = list(page.object_list)
-    summary = model_context(on_page)  # champions and counts of the whole page in two queries
+    summary = model_context(on_page)  # champions and counts of the whole page in one query
     rows = [
         {
             "model": model,

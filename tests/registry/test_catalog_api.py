@@ -12,7 +12,10 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework import serializers
 
+from registry.api.serializers import ModelOutSerializer
+from registry.api.views import model_context
 from registry.models import (
     Alias,
     Approval,
@@ -189,6 +192,38 @@ def test_a_model_shows_its_champion_and_counts(owner, fraud_model):
     assert body["champion"] == 1
     assert body["counts"] == {"registered": 1, "rejected": 1}
     assert body["policy"]["approval"]["min_approvals"] == 1  # defaults are filled in
+
+
+def test_a_model_is_presented_exactly_as_its_declared_fields_would_present_it(owner, fraud_model):
+    version = ModelVersionFactory(model=fraud_model, version=1)
+    Alias.objects.create(model=fraud_model, name="champion", version=version)
+    fraud_model.tags = ["fraud", "é"]
+    context = model_context([fraud_model])
+    presented = ModelOutSerializer(fraud_model, context=context)
+
+    by_fields = serializers.ModelSerializer.to_representation(presented, fraud_model)
+
+    assert presented.data == by_fields
+    assert list(presented.data) == list(by_fields)  # the same keys, in the same order
+    assert by_fields["created_at"].endswith("Z") and by_fields["champion"] == 1
+
+
+def test_a_page_of_models_gets_its_champions_and_counts_in_one_query(owner, fraud_model):
+    owner.client.post("/api/v1/models/", {"name": "churn"}, format="json")
+    churn = RegisteredModel.objects.get(name="churn")
+    _, b, c = (ModelVersionFactory(model=fraud_model, version=n) for n in (1, 2, 3))
+    Alias.objects.create(model=fraud_model, name="champion", version=b)
+    type(c).objects.filter(pk=c.pk).update(status="rejected")
+
+    with CaptureQueriesContext(connection) as queries:
+        summary = model_context([fraud_model, churn])
+
+    assert len(queries) == 1
+    assert summary == {
+        "counts": {fraud_model.pk: {"registered": 2, "rejected": 1}},
+        "champions": {fraud_model.pk: 2},
+    }
+    assert model_context([]) == {"counts": {}, "champions": {}}
 
 
 def test_creating_a_model_twice_is_a_conflict(owner, fraud_model):

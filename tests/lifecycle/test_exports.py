@@ -354,45 +354,6 @@ def test_the_reconciler_sends_a_lost_export_again_once_per_grace_time(
     assert exports_stuck(much_later) == [export.pk]
 
 
-# --- a worker killed mid-conversion -------------------------------------------------------------------
-
-
-@pytest.mark.workers
-def test_a_worker_killed_mid_conversion_leaves_one_export_per_format_and_no_partial_files(
-    fresh_workers, fraud_model, owner, publisher, models, artifact_dir
-):
-    lease = {
-        "MODELGATE_TASK_LEASE_SECONDS": "8",
-        "MODELGATE_RECONCILE_SECONDS": "1",
-        "MODELGATE_RECONCILE_GRACE_SECONDS": "1",
-    }
-    set_policy(owner, export_policy(formats=["onnx", "tflite", "tfjs"]))
-    worker = fresh_workers.start(concurrency=1, extra_env=lease)
-    version = pushed(publisher, models["conv"], 1)
-
-    deadline = time.monotonic() + 60
-    while not Export.objects.filter(version=version, status="running").exists():
-        assert time.monotonic() < deadline, "no export started"
-        time.sleep(0.05)
-    fresh_workers.kill(worker)
-    killed = Export.objects.get(version=version, status="running")
-    assert not Export.objects.filter(version=version).exclude(sha256="").exists()
-
-    fresh_workers.start(concurrency=1, beat=True, extra_env=lease)
-    exports = wait_for_exports(version, timeout=180)
-
-    assert Export.objects.filter(version=version).count() == 3
-    assert all(e.status == "passed" for e in exports.values()), {f: e.error for f, e in exports.items()}
-    assert exports[killed.format].attempts >= 2
-    assert Event.objects.filter(version=version, kind="task.reclaimed").exists()
-    assert Event.objects.filter(version=version, kind="exports.completed").count() == 1
-    stored = [p for p in (artifact_dir / "exports").rglob("*") if p.is_file()]
-    assert not [p for p in stored if p.name.endswith(".part")]
-    assert {p.name for p in stored} >= {e.sha256 for e in exports.values()}
-    for blob in stored:
-        assert sha256_of(blob.read_bytes()) == blob.name  # every visible file is whole
-
-
 # --- the CLI -------------------------------------------------------------------------------------------
 
 

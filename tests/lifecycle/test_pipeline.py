@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from lifecycle.pipeline import pipeline_stuck, validation_run
+from lifecycle.pipeline import validation_run
 from lifecycle.states import version_transition
 from registry.models import Alias, Event, GateResult, ModelVersion
 from tests import builders
@@ -146,48 +146,3 @@ def test_running_the_validation_step_twice_does_nothing_the_second_time(fraud_mo
 
     assert validation_run(version.pk) is None
     assert (Event.objects.count(), GateResult.objects.count()) == (events, results)
-
-
-@pytest.mark.workers
-def test_a_worker_killed_mid_gate_is_finished_by_the_reconciler_with_one_set_of_results(
-    fresh_workers, fraud_model, publisher, tmp_path
-):
-    keras_path = builders.tiny_keras_classifier(tmp_path)
-    lease = {"MODELGATE_TASK_LEASE_SECONDS": "8", "MODELGATE_RECONCILE_SECONDS": "1"}
-    worker = fresh_workers.start(concurrency=1, extra_env=lease)
-    push(publisher.client, "fraud", keras_path)
-
-    # Loading a Keras model imports TensorFlow in the worker, which takes seconds: kill it in there.
-    wait_for_status("fraud", 1, {"validating"}, timeout=60)
-    fresh_workers.kill(worker)
-    version = ModelVersion.objects.get(model=fraud_model, version=1)
-    assert version.status == "validating"
-    assert not GateResult.objects.filter(version=version).exists()
-    assert pipeline_stuck() == []  # the lease still holds
-
-    fresh_workers.start(concurrency=1, beat=True, extra_env=lease)
-    version = wait_for_status("fraud", 1, timeout=180)
-
-    assert version.status == "awaiting_approval"
-    results = list(GateResult.objects.filter(version=version).values_list("attempt", "gate"))
-    assert sorted(results) == [(1, "loads"), (1, "signature_compatible")]
-    assert Event.objects.filter(version=version, kind="task.reclaimed").count() >= 1
-    assert Event.objects.filter(version=version, kind="gates.completed").count() == 1
-
-
-@pytest.mark.workers
-def test_a_model_that_kills_its_worker_every_time_is_rejected_after_the_attempt_limit(
-    fresh_workers, fraud_model, publisher, tmp_path, settings
-):
-    """The attempt counter lives in the database, so a poison version cannot loop forever."""
-    push(publisher.client, "fraud", builders.tiny_onnx_model(tmp_path))
-    version = ModelVersion.objects.get(model=fraud_model, version=1)
-    # Simulate three claims whose workers died: each left an expired lease behind.
-    ModelVersion.objects.filter(pk=version.pk).update(task_attempts=settings.MODELGATE_MAX_TASK_ATTEMPTS)
-    fresh_workers.start(concurrency=1, beat=True, extra_env={"MODELGATE_RECONCILE_SECONDS": "1"})
-
-    version = wait_for_status("fraud", 1, timeout=60)
-
-    assert version.status == "rejected"
-    assert "did not finish after" in version.status_reason
-    assert not GateResult.objects.filter(version=version).exists()

@@ -197,6 +197,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "workers.maintenance.audit_seal",
         "schedule": env.float("MODELGATE_AUDIT_SEAL_SECONDS", default=60.0),
     },
+    "orphan-sweep": {
+        "task": "workers.maintenance.orphans_sweep",
+        "schedule": env.float("MODELGATE_ORPHAN_SWEEP_SECONDS", default=24 * 3600.0),
+    },
     "direct-upload-sweep": {
         "task": "workers.maintenance.direct_uploads_expire",
         "schedule": env.float("MODELGATE_DIRECT_UPLOAD_SWEEP_SECONDS", default=3600.0),
@@ -217,6 +221,9 @@ MODELGATE_MAX_TASK_ATTEMPTS = env.int("MODELGATE_MAX_TASK_ATTEMPTS", default=3)
 # How soon a step that failed with an unexpected error is handed out again.
 MODELGATE_RETRY_DELAY_SECONDS = env.int("MODELGATE_RETRY_DELAY_SECONDS", default=60)
 # How long a registered version may wait for its first task before the reconciler enqueues it again.
+# A blob no record names is deleted once it is older than this: it covers a push between storing its
+# bytes and committing its version (lifecycle/orphans.py).
+MODELGATE_ORPHAN_GRACE_HOURS = env.float("MODELGATE_ORPHAN_GRACE_HOURS", default=24.0)
 # A shadow run's evaluation claimed longer ago than this is presumed lost (its worker died) and is taken
 # over by the next wake-up; each task folds for at most 20 s, so this stays well above that.
 MODELGATE_SHADOW_LEASE_SECONDS = env.float("MODELGATE_SHADOW_LEASE_SECONDS", default=120.0)

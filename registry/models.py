@@ -571,6 +571,7 @@ class EventKind(models.TextChoices):
     VERSION_PURGED = "version.purged"
     VERSION_RESTORED = "version.restored"
     VERSION_PINNED = "version.pinned"
+    STORE_ORPHANS_DELETED = "store.orphans_deleted"  # blobs no record named, past the grace period
 
 
 class Event(models.Model):

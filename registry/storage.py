@@ -8,6 +8,7 @@ retried or concurrent upload of the same bytes is harmless. Both backends are Dj
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
 import tempfile
@@ -161,6 +162,33 @@ def blob_exists(key: str) -> bool:
 
 def blob_delete(key: str) -> None:
     store().delete(key)
+
+
+def blob_list(prefix: str) -> Iterator[tuple[str, dt.datetime]]:
+    """Every stored name under ``prefix`` (``artifacts/``, ``exports/`` ...), with its last change.
+
+    Streams: S3 is listed a page of 1,000 at a time, and the disk a directory at a time. The file system
+    also yields a killed writer's ``.part`` files, which are never any record's key.
+    """
+    if store_is_s3():
+        client, bucket = _s3()
+        location = store().location.strip("/")  # type: ignore[attr-defined]
+        strip = len(location) + 1 if location else 0
+        with _s3_calls():
+            pages = client.get_paginator("list_objects_v2").paginate(  # type: ignore[attr-defined]
+                Bucket=bucket, Prefix=_s3_key(prefix)
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield item["Key"][strip:], item["LastModified"]
+        return
+    root = Path(store().location)  # type: ignore[attr-defined]
+    for directory, _, files in os.walk(root / prefix):
+        for name in files:
+            path = Path(directory) / name
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                changed = dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.UTC)
+                yield path.relative_to(root).as_posix(), changed
 
 
 @contextmanager

@@ -24,3 +24,10 @@ def direct_uploads_expire() -> None:
     from registry.direct_uploads import direct_uploads_expire as expire
 
     expire()
+
+
+@shared_task(name="workers.maintenance.orphans_sweep", acks_late=True, ignore_result=True)
+def orphans_sweep() -> None:
+    from lifecycle.orphans import orphans_sweep as sweep
+
+    sweep()

@@ -182,8 +182,15 @@ def onnx_session(path: Path):
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def settle() -> None:
+    """Let the last session's intra-op threads stop spinning: ONNX Runtime's threads busy-wait for a
+    while after a run, and that took ~15 ms of CPU from whichever measurement came next."""
+    time.sleep(0.3)
+
+
 def bare_loop(session, x: np.ndarray) -> tuple[float, float]:
     """Wall and CPU seconds (CPU counts every thread of this process, onnxruntime's included)."""
+    settle()
     started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(x), BATCH):
         session.run(None, {"features": x[start : start + BATCH]})
@@ -195,6 +202,7 @@ def time_gates(version_pk: int) -> tuple[float, float, object]:
     from registry.models import ModelVersion
 
     version = ModelVersion.objects.select_related("model").get(pk=version_pk)
+    settle()
     started, cpu = time.perf_counter(), time.process_time()
     result = gates_evaluate(version)
     return time.perf_counter() - started, time.process_time() - cpu, result
@@ -207,6 +215,17 @@ def time_read(path: Path, fmt: str) -> tuple[float, int]:
     for chunk in evaluation.read_chunks(path, fmt, label="y", slice_columns=["country"]):
         rows += len(chunk.labels)
     return time.perf_counter() - started, rows
+
+
+def time_cache_read(dataset) -> float:
+    """A hit in the dataset cache, every page of it touched (as the model and the metrics will)."""
+    from lifecycle import dataset_cache
+
+    started = time.perf_counter()
+    with dataset_cache.decoded(dataset, label="y", slice_columns=["country"]) as data:
+        assert data.from_cache
+        float(data.features[:, 0].sum()), int(data.labels.sum()), int(data.slices["country"][0].sum())
+    return time.perf_counter() - started
 
 
 def time_predict(runtime, chunks: list[np.ndarray]) -> tuple[float, np.ndarray]:
@@ -226,10 +245,17 @@ def time_load(path: Path) -> float:
 
 
 def time_metrics(gate, dataset, labels, outputs, country) -> float:
+    import pandas as pd
+
     from lifecycle import gates
 
+    codes, values = pd.factorize(country, sort=True)
     scored = gates._Scored(
-        dataset=dataset, labels=labels, candidate=outputs, champion=None, slices={"country": country}
+        dataset=dataset,
+        labels=labels,
+        candidate=outputs,
+        champion=None,
+        slices={"country": (codes.astype(np.int32), list(values))},
     )
     started = time.perf_counter()
     gates._dataset_outcomes(0, gate, scored, ctx=None)
@@ -313,7 +339,6 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     )
 
     # Inputs for the breakdown and the baseline, built once and not timed.
-    chunks = [x[start : start + evaluation.CHUNK_ROWS] for start in range(0, rows, evaluation.CHUNK_ROWS)]
     country_str = country.astype(object)  # what the readers give: an array of Python str
     session = onnx_session(model_path)
     runtime = runtimes.open_model(model_path, "onnx")
@@ -340,6 +365,15 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     base_runs: list[tuple[float, float]] = []
     gate_runs: dict[str, list] = {fmt: [] for fmt in args.formats}
     errors: dict[str, str] = {}
+    first_runs: dict[str, tuple[float, float]] = {}
+    for fmt in args.formats:
+        # The first evaluation on a worker host parses the file and fills the dataset cache; it is
+        # timed apart (against a bare loop run just before it), and every later run reads the cache.
+        log(f"first evaluation of bench-{fmt}: parses the file and fills the dataset cache")
+        use(fmt)
+        bare = bare_loop(session, x)
+        wall, _cpu, _ = time_gates(version.pk)
+        first_runs[fmt] = (wall, bare[0] / wall)
     for i in range(args.repeat):
         log(f"run {i + 1}/{args.repeat}: bare loop, then gates_evaluate on {', '.join(args.formats)}")
         base_runs.append(bare_loop(session, x))
@@ -362,6 +396,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
             entry["error"] = errors[fmt]
             continue
         runs = gate_runs[fmt]
+        entry["first_s"], entry["first_ratio"] = first_runs[fmt]
+        entry["runs_s"] = [round(t, 4) for t, _, _ in runs]
+        entry["bare_runs_s"] = [round(t, 4) for t, _ in base_runs]
         entry["total_s"] = statistics.median(t for t, _, _ in runs)
         entry["total_cpu_s"] = statistics.median(c for _, c, _ in runs)
         entry["ratio"] = statistics.median(b[0] / g[0] for b, g in zip(base_runs, runs, strict=True))
@@ -373,13 +410,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         ]
         entry["failed"] = [o.reason for o in outcomes if o.passed is False]
 
-        log(f"{fmt}: breakdown (read alone, predict alone, metrics alone)")
+        log(f"{fmt}: breakdown (parse alone, cache read alone, predict alone, metrics alone)")
         use(fmt)
         gate = policy_parse(ModelVersion.objects.get(pk=version.pk).model.policy).gates[0]
-        parts: dict[str, list[float]] = {"read": [], "predict": [], "metrics": [], "load": []}
+        parts: dict[str, list[float]] = {"parse": [], "read": [], "predict": [], "metrics": [], "load": []}
         for _ in range(args.repeat):
-            parts["read"].append(time_read(paths[fmt], fmt)[0])
-            seconds, outputs = time_predict(runtime, chunks)
+            parts["parse"].append(time_read(paths[fmt], fmt)[0])
+            parts["read"].append(time_cache_read(datasets[fmt]))
+            seconds, outputs = time_predict(runtime, [x])
             parts["predict"].append(seconds)
             parts["metrics"].append(time_metrics(gate, datasets[fmt], y, outputs, country_str))
             parts["load"].append(time_load(model_path))
@@ -429,17 +467,31 @@ def render(report: dict) -> str:
             )
             continue
         lines.append(
-            f"| gates_evaluate, {fmt} ({report['file_mb'][fmt]} MB) | {entry['total_s']:.2f} | "
-            f"{rows / entry['total_s']:,.0f} | {entry['ratio']:.2f}x | {entry['total_cpu_s']:.2f} |"
+            f"| gates_evaluate, {fmt} ({report['file_mb'][fmt]} MB), first evaluation (parses, fills the cache) | "
+            f"{entry['first_s']:.2f} | {rows / entry['first_s']:,.0f} | {entry['first_ratio']:.2f}x | |"
+        )
+        lines.append(
+            f"| gates_evaluate, {fmt} ({report['file_mb'][fmt]} MB), later evaluations (cache) | "
+            f"{entry['total_s']:.3f} | "
+            f"{rows / entry['total_s']:,.0f} | **{entry['ratio']:.2f}x** | {entry['total_cpu_s']:.2f} |"
         )
     for fmt, entry in report["formats"].items():
         if "error" in entry:
             continue
         total = entry["total_s"]
-        lines += ["", f"breakdown, {fmt} (each part timed alone; other = total - the three):", ""]
+        lines += [
+            "",
+            f"breakdown of a later evaluation, {fmt} (each part timed alone; other = total - the three):",
+            "",
+        ]
         lines += ["| part | time (s) | share |", "|---|---:|---:|"]
         for part in ("read", "predict", "metrics", "other"):
-            lines.append(f"| {part} | {entry[f'{part}_s']:.2f} | {entry[f'{part}_s'] / total:.0%} |")
+            lines.append(f"| {part} | {entry[f'{part}_s']:.3f} | {entry[f'{part}_s'] / total:.0%} |")
+        lines.append(f"| (first evaluation only: parsing the file) | {entry['parse_s']:.2f} | |")
+        lines.append(
+            f"runs (s): bare {', '.join(map(str, entry['bare_runs_s']))}; "
+            f"gates_evaluate {', '.join(map(str, entry['runs_s']))}"
+        )
         lines.append(f"| (of other: opening the model, onnx.checker + session) | {entry['load_s']:.2f} | |")
         values = ", ".join(
             f"{o['slice']}={o['value']:.4f}" for o in entry["outcomes"] if o["value"] is not None
@@ -454,7 +506,10 @@ def render(report: dict) -> str:
             continue
         ratio = entry["ratio"]
         verdict = "meets" if ratio >= GOAL else "misses"
-        lines.append(f"{fmt}: {ratio:.2f}x the bare loop, {verdict} the goal of {GOAL}x")
+        lines.append(
+            f"{fmt}: {ratio:.2f}x the bare loop once the dataset is decoded, {verdict} the goal of {GOAL}x "
+            f"(first evaluation: {entry['first_ratio']:.2f}x)"
+        )
     for fmt, entry in report["formats"].items():
         if entry.get("profile"):
             lines += ["", f"--- pyinstrument profile of one gates_evaluate, {fmt} ---", entry["profile"]]

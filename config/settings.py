@@ -232,6 +232,12 @@ MODELGATE_GATE_TIME_LIMIT = env.int("MODELGATE_GATE_TIME_LIMIT", default=15 * 60
 # Limits of each task that opens an uploaded model (workers/limits.py); 0 disables one.
 MODELGATE_TASK_MEMORY_MB = env.int("MODELGATE_TASK_MEMORY_MB", default=6144)
 MODELGATE_TASK_CPU_SECONDS = env.int("MODELGATE_TASK_CPU_SECONDS", default=30 * 60)
+# Decoded datasets on the gates worker's disk (lifecycle/dataset_cache.py): parsed once per host, then
+# memory-mapped by every later evaluation. Least recently used entries go past the bound; 0 turns it off.
+MODELGATE_DATASET_CACHE_DIR = env.str(
+    "MODELGATE_DATASET_CACHE_DIR", default=str(VAR_DIR / "cache" / "datasets")
+)
+MODELGATE_DATASET_CACHE_MB = env.int("MODELGATE_DATASET_CACHE_MB", default=4096)
 
 # How long a web process trusts a token it has already checked (0: check every request). A token
 # revoked elsewhere stops working in this process at the latest after this many seconds.

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lifecycle import evaluation, runtimes
+from lifecycle import dataset_cache, evaluation, runtimes
 from lifecycle.policy import MetricGate, NoRegressionGate, Policy, policy_parse
 from registry.models import Dataset, ModelVersion
 from registry.selectors import model_champion
@@ -264,13 +264,13 @@ def _judge_regression(
 
 @dataclass
 class _Scored:
-    """One pass over a dataset: labels, the candidate's and the champion's outputs, slice values."""
+    """One pass over a dataset: labels, the candidate's and the champion's outputs, slice codes."""
 
     dataset: Dataset
     labels: np.ndarray
     candidate: np.ndarray
     champion: np.ndarray | None
-    slices: dict[str, np.ndarray]
+    slices: dict[str, tuple[np.ndarray, list[str]]]  # column -> (int32 codes per row, sorted values)
 
 
 def _dataset_for(gate: Any) -> Dataset | None:
@@ -283,76 +283,80 @@ def _dataset_for(gate: Any) -> Dataset | None:
 def _score(
     dataset: Dataset, group: list[Any], model: runtimes.Runtime, champion: runtimes.Runtime | None
 ) -> _Scored:
-    """Read the dataset once, in chunks, and run both models on every row."""
+    """Decode the dataset once (or find it decoded) and run both models on every row."""
     gate = group[0]
     slice_columns = sorted({g.slice_by for g in group if g.slice_by})
-    labels, candidate, baseline, slices = [], [], [], {c: [] for c in slice_columns}
-    with blob_local_path(dataset.artifact_key, suffix=f".{dataset.format}") as path:
-        for chunk in evaluation.read_chunks(
-            Path(path), dataset.format, label=gate.label, features=gate.features, slice_columns=slice_columns
-        ):
-            labels.append(chunk.labels)
-            candidate.append(evaluation.predict_batched(model, chunk.features))
-            if champion is not None:
-                baseline.append(evaluation.predict_batched(champion, chunk.features))
-            for column in slice_columns:
-                slices[column].append(chunk.slices[column])
-    if not labels:
-        raise evaluation.EvaluationError(f"dataset {dataset} has no rows")
-    return _Scored(
-        dataset=dataset,
-        labels=np.concatenate(labels),
-        candidate=np.concatenate(candidate),
-        champion=np.concatenate(baseline) if champion is not None else None,
-        slices={c: np.concatenate(v) for c, v in slices.items()},
-    )
-
-
-def _slices_of(gate: Any, scored: _Scored) -> list[tuple[str, np.ndarray | None]]:
-    """The overall rows first, then one mask per value of the slice column."""
-    out: list[tuple[str, np.ndarray | None]] = [("", None)]
-    if gate.slice_by:
-        # factorize hashes the values once; np.unique sorted a million strings per sliced gate.
-        import pandas as pd  # imported by the gates worker only: the web process never needs it
-
-        codes, values = pd.factorize(scored.slices[gate.slice_by], sort=True)
-        out += [(f"{gate.slice_by}={value}", codes == i) for i, value in enumerate(values)]
-    return out
+    with dataset_cache.decoded(
+        dataset, label=gate.label, features=gate.features, slice_columns=slice_columns
+    ) as data:
+        candidate = evaluation.predict_batched(model, data.features)
+        baseline = evaluation.predict_batched(champion, data.features) if champion is not None else None
+        # The arrays stay memory-mapped after this block: a mapped file that is evicted (or was a
+        # temporary one) is unlinked, and its pages live until the last map of them goes.
+        return _Scored(
+            dataset=dataset,
+            labels=data.labels,
+            candidate=candidate,
+            champion=baseline,
+            slices=data.slices,
+        )
 
 
 def _dataset_outcomes(index: int, gate: Any, scored: _Scored, ctx: GateContext) -> list[GateOutcome]:
+    """The overall result first, then one per value of the slice column (sorted)."""
+    codes, values = scored.slices[gate.slice_by] if gate.slice_by else (None, [])
+    names = ["", *(f"{gate.slice_by}={value}" for value in values)]
+    rows = [len(scored.labels), *(np.bincount(codes, minlength=len(values)).tolist() if len(values) else [])]
+    candidate = evaluation.metric_by_slice(gate.metric, scored.labels, scored.candidate, codes, len(values))
+    baseline = (
+        evaluation.metric_by_slice(gate.metric, scored.labels, scored.champion, codes, len(values))
+        if gate.kind == "no_regression"
+        else None
+    )
     outcomes = []
-    for label, mask in _slices_of(gate, scored):
-        rows = int(len(scored.labels) if mask is None else mask.sum())
-
-        def not_judged(why: str, label: str = label, rows: int = rows) -> GateOutcome:
-            return GateOutcome(
-                index, gate.kind, None, metric=gate.metric, slice=label, rows=rows, skipped_reason=why
-            )
-
-        if mask is not None and rows < gate.min_slice_rows:
-            why = f"only {rows} rows (< min_slice_rows {gate.min_slice_rows}): reported, not judged"
-            outcomes.append(not_judged(why))
-            continue
-        pick = (lambda a: a) if mask is None else (lambda a, m=mask: a[m])
-        try:
-            value = evaluation.metric_value(gate.metric, pick(scored.labels), pick(scored.candidate))
-            if gate.kind == "metric":
-                outcomes.append(_judge_metric(index, gate, label, value, rows))
-            else:
-                baseline = evaluation.metric_value(gate.metric, pick(scored.labels), pick(scored.champion))
-                outcomes.append(
-                    _judge_regression(index, gate, label, value, baseline, rows, ctx.champion.version)
+    for i, label in enumerate(names):
+        count = int(rows[i])
+        if i and count < gate.min_slice_rows:
+            why = f"only {count} rows (< min_slice_rows {gate.min_slice_rows}): reported, not judged"
+            outcomes.append(
+                GateOutcome(
+                    index, gate.kind, None, metric=gate.metric, slice=label, rows=count, skipped_reason=why
                 )
-        except evaluation.EvaluationError as exc:
-            if mask is not None:  # e.g. roc_auc on a slice holding one class: report, do not judge
-                outcomes.append(not_judged(str(exc)))
+            )
+            continue
+        failure = next(
+            (r for r in (candidate[i], baseline[i] if baseline else 0.0) if isinstance(r, Exception)), None
+        )
+        if failure is not None:
+            if i:  # e.g. roc_auc on a slice holding one class: report, do not judge
+                outcomes.append(
+                    GateOutcome(
+                        index,
+                        gate.kind,
+                        None,
+                        metric=gate.metric,
+                        slice=label,
+                        rows=count,
+                        skipped_reason=str(failure),
+                    )
+                )
             else:
                 outcomes.append(
                     GateOutcome(
-                        index, gate.kind, False, metric=gate.metric, rows=rows, reason=f"{gate.metric}: {exc}"
+                        index,
+                        gate.kind,
+                        False,
+                        metric=gate.metric,
+                        rows=count,
+                        reason=f"{gate.metric}: {failure}",
                     )
                 )
+        elif gate.kind == "metric":
+            outcomes.append(_judge_metric(index, gate, label, candidate[i], count))
+        else:
+            outcomes.append(
+                _judge_regression(index, gate, label, candidate[i], baseline[i], count, ctx.champion.version)
+            )
     for outcome in outcomes:
         outcome.details.setdefault("dataset", f"{scored.dataset.name}:{scored.dataset.version}")
     return outcomes

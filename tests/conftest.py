@@ -48,6 +48,12 @@ def _artifact_store(settings, artifact_dir: Path) -> None:
     _store.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def _dataset_cache(settings, tmp_path: Path) -> None:
+    """Gates run in the test process decode datasets into a cache of their own, never into var/."""
+    settings.MODELGATE_DATASET_CACHE_DIR = str(tmp_path / "dataset-cache")
+
+
 # --- actors -------------------------------------------------------------------------------------
 
 

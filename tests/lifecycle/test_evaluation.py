@@ -62,3 +62,44 @@ def test_classification_outputs_become_classes_by_argmax_or_the_sigmoid_threshol
     )
     with pytest.raises(evaluation.EvaluationError, match="single class"):
         evaluation.metric_value("roc_auc", np.array([1, 1]), np.array([[0.2, 0.8], [0.1, 0.9]]))
+
+
+@pytest.mark.parametrize("metric", sorted(evaluation.CONFUSION))
+@pytest.mark.parametrize("classes", [1, 2, 3])
+def test_metrics_per_slice_from_counts_equal_scikit_learn_on_the_rows_themselves(metric, classes):
+    rng = np.random.default_rng(classes)
+    rows = 5000
+    labels = (
+        rng.integers(-1, 1 + max(classes, 2) - 1, size=rows) if classes == 3 else rng.integers(0, 2, rows)
+    )
+    outputs = rng.random((rows, max(classes, 1)), dtype=np.float32)
+    outputs[::97] = np.nan  # a model that answers NaN now and then: argmax's choice is kept
+    codes = rng.integers(0, 4, size=rows).astype(np.int32)
+    codes[codes == 3] = 2  # slice 3 has no rows: its metric is an error, as on an empty mask
+    if classes == 3:
+        labels = labels + 1  # 0..2, as the outputs' columns
+
+    fast = evaluation.metric_by_slice(metric, labels, outputs, codes, 4)
+    slow = [evaluation.metric_value(metric, labels, outputs)]
+    for code in range(4):
+        mask = codes == code
+        try:
+            slow.append(evaluation.metric_value(metric, labels[mask], outputs[mask]))
+        except evaluation.EvaluationError as exc:
+            slow.append(exc)
+
+    assert len(fast) == 5
+    for got, want in zip(fast, slow, strict=True):
+        if isinstance(want, Exception):
+            assert isinstance(got, evaluation.EvaluationError)
+        else:
+            assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_two_column_outputs_pick_the_class_argmax_would_nan_and_ties_included():
+    rng = np.random.default_rng(0)
+    outputs = rng.random((10_000, 2), dtype=np.float32)
+    outputs[::7, 0] = np.nan
+    outputs[::11, 1] = np.nan
+    outputs[::13] = 0.5
+    assert (evaluation.classes(outputs) == outputs.argmax(axis=1)).all()

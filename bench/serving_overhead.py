@@ -173,7 +173,9 @@ def time_predict(port: int, token: str, batch: np.ndarray, n: int) -> tuple[list
     return samples, captured
 
 
-def bench_shadow(ctx: dict, records: int, reuse: bool, rows_per_record: int = 10) -> dict:
+def bench_shadow(
+    ctx: dict, records: int, reuse: bool, rows_per_record: int = 10, profile: bool = False
+) -> dict:
     from lifecycle import shadow
     from lifecycle.traffic import traffic_record
     from registry.models import ShadowRun, TrafficRecord
@@ -216,9 +218,18 @@ def bench_shadow(ctx: dict, records: int, reuse: bool, rows_per_record: int = 10
         run = ShadowRun.objects.create(
             candidate=candidate, baseline=champion, since=candidate.created_at.replace(year=2000)
         )
+        profiler = None
+        if profile and not timings:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.001)
+            profiler.start()
         started = time.perf_counter()
         shadow.shadow_evaluate(run.pk, budget=3600)
         elapsed = time.perf_counter() - started
+        if profiler is not None:
+            profiler.stop()
+            print(profiler.output_text(unicode=False, color=False), file=sys.stderr)
         run.refresh_from_db()
         assert run.requests == records, (run.requests, records)
         # Bare: the same rows in memory, the same batches, the same models.
@@ -251,6 +262,10 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--only", choices=["predict", "shadow"], help="run one half of the bench")
+    parser.add_argument(
+        "--profile", action="store_true", help="print a pyinstrument profile of one shadow fold"
+    )
     args = parser.parse_args()
 
     url = db_recreate(DB)
@@ -281,7 +296,7 @@ def main() -> None:
         ]
         with running(cmd, env=env, log_path=log_path) as proc:
             wait_http(port, "/healthz", proc, log_path=log_path)
-            for rows in (int(b) for b in args.batch.split(",")):
+            for rows in [] if args.only == "shadow" else (int(b) for b in args.batch.split(",")):
                 batch = np.random.default_rng(rows).normal(size=(rows, N_FEATURES)).astype(np.float32)
                 bare = percentiles(time_bare(ctx["champion"][1], batch, args.requests))
                 for rate in (0.0, 0.1, 1.0):
@@ -304,8 +319,8 @@ def main() -> None:
                         f"{row['overhead_p50_ms']:.3f} ms"
                     )
         bench_shadow(ctx, 200, True)  # warm-up: model loads and imports, as in a long-lived worker
-        for reuse in (True, False):
-            row = bench_shadow(ctx, args.records, reuse)
+        for reuse in () if args.only == "predict" else (True, False):
+            row = bench_shadow(ctx, args.records, reuse, profile=args.profile)
             results["shadow"].append(row)
             log(
                 f"shadow (reuse={reuse}): {row['shadow_rows_per_s']:,.0f} rows/s vs bare "

@@ -94,9 +94,18 @@ def click_node(page: Page, node_id: str) -> None:
     """Click where cytoscape draws the node: its rendered position inside the graph's container."""
     graph = page.locator("#lineage-graph")
     graph.scroll_into_view_if_needed()
-    box = graph.bounding_box()
+    # On a loaded machine the page may still be settling (a late resize refits the graph): click
+    # only once the node and its container have kept their place for a few frames.
+    previous = None
+    for _ in range(50):
+        box = graph.bounding_box()
+        at = page.evaluate("id => window.modelgateLineage.$id(id).renderedPosition()", node_id)
+        current = (box and (round(box["x"]), round(box["y"])), round(at["x"]), round(at["y"]))
+        if box is not None and current == previous:
+            break
+        previous = current
+        page.wait_for_timeout(100)
     assert box is not None
-    at = page.evaluate("id => window.modelgateLineage.$id(id).renderedPosition()", node_id)
     page.mouse.click(box["x"] + at["x"], box["y"] + at["y"])
 
 

@@ -15,9 +15,11 @@ counted once whatever happens to the worker, and two workers never fold the same
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +43,23 @@ log = logging.getLogger(__name__)
 
 ACTOR = "system:shadow"
 EVALUATE = "workers.shadow.evaluate_model_shadows"
-BATCH_RECORDS = 2000
+BATCH_RECORDS = 5000  # records read and folded per batch (one compare-and-set write each)
+BATCH_ROWS = 100_000  # ...and at most about this many rows, for records of many rows each
+PREDICT_ROWS = 2048  # rows per model call: small enough that a wide model's activations stay in cache
 SUMMARY_SECONDS = 2.0  # the readable summary is refreshed this often during a task, and at its end
 BUDGET_SECONDS = 20.0  # one task folds batches for at most this long, then hands the run back
 LEASE_SECONDS = float(settings.MODELGATE_SHADOW_LEASE_SECONDS)  # a run claimed longer ago is lost
+FIELDS = (
+    "id",
+    "request_id",
+    "inputs",
+    "input_layout",
+    "rows",
+    "outputs",
+    "output_layout",
+    "served_by_id",
+    "metadata",
+)
 RESERVOIR = 2000  # values kept per distribution; quantiles and KS are exact up to this many rows
 PROBES_PER_BATCH = 16  # single-request latency probes of both models per batch
 TIMELINE_POINTS = 200
@@ -171,10 +186,26 @@ def _stack(records: list[dict]) -> Any:
     return np.concatenate([_inputs(r) for r in records])
 
 
+def _run(model: Any, inputs: Any) -> np.ndarray:
+    """The model's first output on ``inputs``, ``PREDICT_ROWS`` rows per call."""
+    rows = len(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
+    if rows <= PREDICT_ROWS:
+        return _first(model.predict(inputs))
+    parts = []
+    for lo in range(0, rows, PREDICT_ROWS):
+        part = (
+            {name: array[lo : lo + PREDICT_ROWS] for name, array in inputs.items()}
+            if isinstance(inputs, dict)
+            else inputs[lo : lo + PREDICT_ROWS]
+        )
+        parts.append(_first(model.predict(part)))
+    return np.concatenate(parts)
+
+
 def _predict(model: Any, records: list[dict]) -> tuple[np.ndarray | None, list[str]]:
     """Outputs for every row of these records; on a failing batch, record by record (errors named)."""
     try:
-        return _first(model.predict(_stack(records))), []
+        return _run(model, _stack(records)), []
     except Exception:
         if len(records) == 1:
             raise
@@ -232,14 +263,14 @@ def _whole(
         return None
     try:
         inputs = _stack(records)
-        c = _first(cand.predict(inputs))
+        c = _run(cand, inputs)
         if True in reuse:
             served = unpack_many([r["outputs"] for r in records], [r["output_layout"] for r in records])
             if served is None:
                 return None
             b = served.reshape(served.shape[0], -1)
         else:
-            b = _first(champ.predict(inputs))
+            b = _run(champ, inputs)
     except Exception:
         return None
     return (c, b) if c.shape == b.shape else None
@@ -460,17 +491,80 @@ def _pool(run: ShadowRun):
     return TrafficRecord.objects.filter(model_id=run.candidate.model_id, at__gte=run.since)
 
 
-FIELDS = (
-    "id",
-    "request_id",
-    "inputs",
-    "input_layout",
-    "rows",
-    "outputs",
-    "output_layout",
-    "served_by_id",
-    "metadata",
-)
+def _batch_sql() -> str:
+    table = TrafficRecord._meta.db_table
+    columns = ", ".join(f"CAST({f} AS TEXT)" if f == "metadata" else f for f in FIELDS)
+    return f"SELECT {columns} FROM {table} WHERE model_id = %s AND at >= %s AND id > %s ORDER BY id LIMIT %s"
+
+
+BATCH_SQL = _batch_sql()
+
+
+def _batch(run: ShadowRun, after: int) -> tuple[list[dict], bool]:
+    """The pool's next records after id ``after``, oldest first, and whether more may follow.
+
+    At most ``BATCH_RECORDS`` records and, past the first, about ``BATCH_ROWS`` rows. Written out
+    rather than through the ORM's ``.values()``: its per-field converters and the JSON decoding of
+    every (nearly always empty) metadata took as long as the candidate's inference
+    (bench/serving_overhead.py --profile). Metadata is fetched as text and decoded only when it
+    holds something.
+    """
+    from django.db import connection
+
+    since = connection.ops.adapt_datetimefield_value(run.since)
+    with connection.cursor() as cursor:
+        cursor.execute(BATCH_SQL, [run.candidate.model_id, since, after, BATCH_RECORDS])
+        rows = cursor.fetchall()
+    records, total = [], 0
+    for row in rows:
+        record = dict(zip(FIELDS, row, strict=True))
+        metadata = record["metadata"]
+        record["metadata"] = json.loads(metadata) if metadata and metadata != "{}" else {}
+        records.append(record)
+        total += record["rows"]
+        if total >= BATCH_ROWS and len(records) < len(rows):
+            return records, True
+    return records, len(rows) == BATCH_RECORDS
+
+
+class _Reader:
+    """Fetches the next batch on a connection of its own while the models run on the current one.
+
+    The models release the GIL while they compute, so reading the next 2,000 records from the
+    database overlaps with inference instead of following it. Inside a transaction (a test's, or a
+    caller's) another connection could not see uncommitted records, so the reader reads in line.
+    """
+
+    def __init__(self, run: ShadowRun) -> None:
+        from django.db import connection
+
+        self.run = run
+        self.pool = None if connection.in_atomic_block else ThreadPoolExecutor(1, "shadow-reader")
+        self.next: Any = None
+
+    def read(self, after: int) -> tuple[list[dict], bool]:
+        if self.next is not None:
+            pending, self.next = self.next, None
+            records, more = pending.result()
+        else:
+            records, more = _batch(self.run, after)
+        if self.pool is not None and more:
+            self.next = self.pool.submit(_batch, self.run, records[-1]["id"])
+        return records, more
+
+    def close(self) -> None:
+        if self.pool is None:
+            return
+        if self.next is not None:
+            self.next.cancel()
+        self.pool.submit(_close_thread_connection)
+        self.pool.shutdown(wait=True)
+
+
+def _close_thread_connection() -> None:
+    from django.db import connection
+
+    connection.close()
 
 
 def shadow_evaluate(
@@ -511,10 +605,20 @@ def _evaluate(run: ShadowRun, *, now: dt.datetime, budget: float) -> ShadowRun |
         return _end(run, ShadowRun.Status.CANCELLED, f"v{run.candidate.version} is {run.candidate.status}")
     policy = policy_parse(run.candidate.model.policy)
     started = time.monotonic()
+    reader = _Reader(run)
+    try:
+        return _fold_batches(run, policy, reader, started=started, budget=budget, now=now)
+    finally:
+        reader.close()
+
+
+def _fold_batches(
+    run: ShadowRun, policy: Policy, reader: _Reader, *, started: float, budget: float, now: dt.datetime
+) -> ShadowRun | None:
     summarized = started
     cand = champ = None
     while time.monotonic() - started < budget:
-        records = list(_pool(run).filter(id__gt=run.cursor).order_by("id").values(*FIELDS)[:BATCH_RECORDS])
+        records, more = reader.read(run.cursor)
         if not records:
             break
         if cand is None:
@@ -523,11 +627,7 @@ def _evaluate(run: ShadowRun, *, now: dt.datetime, budget: float) -> ShadowRun |
         old_cursor = run.cursor
         _fold(run, records, cand, champ, policy)
         run.cursor = records[-1]["id"]
-        last = (
-            len(records) < BATCH_RECORDS
-            or run.requests >= policy.shadow.min_requests
-            or time.monotonic() - started >= budget
-        )
+        last = not more or run.requests >= policy.shadow.min_requests or time.monotonic() - started >= budget
         if last or time.monotonic() - summarized >= SUMMARY_SECONDS:
             run.summary, summarized = summarize(run), time.monotonic()
         written = ShadowRun.objects.filter(

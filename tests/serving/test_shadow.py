@@ -435,3 +435,55 @@ def test_predict_prefers_a_passed_onnx_export_and_picks_it_up_without_a_restart(
     answer = predict(viewer.client, one)
     assert answer.status_code == 200 and answer.json()["version"] == 1
     assert np.allclose(answer.json()["outputs"][0], [0.6224593, 0.3775407], atol=1e-6)  # the export answers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_batches_of_many_row_records_are_cut_by_rows_read_ahead_and_each_record_is_folded_once(
+    fraud_model, owner, tmp_path, monkeypatch
+):
+    # Small bounds, so that 300 records make many batches, some cut by their rows rather than their
+    # count; committed records (transaction=True), so the read-ahead thread's connection sees them.
+    monkeypatch.setattr(shadow, "BATCH_RECORDS", 40)
+    monkeypatch.setattr(shadow, "BATCH_ROWS", 100)
+    monkeypatch.setattr(shadow, "PREDICT_ROWS", 16)
+    batches: list[int] = []
+    real = shadow._batch
+
+    def counting(run, after):
+        records, more = real(run, after)
+        batches.append(sum(r["rows"] for r in records))
+        return records, more
+
+    monkeypatch.setattr(shadow, "_batch", counting)
+    set_policy(owner, {**shadow_policy(), "shadow": {"min_requests": 10_000}})
+    champion = served_champion(fraud_model, tmp_path / "1")
+    candidate = version_from(fraud_model, builders.threshold_onnx_classifier(tmp_path / "2", scale=1.0001), 2)
+    run = shadow.shadow_start(version=candidate, champion=champion, actor="tests")
+    sizes = [1 + (i * 7) % 13 for i in range(300)]  # 1..13 rows per record
+    data = rows(sum(sizes), seed=4)
+    ends = np.cumsum(sizes)
+    TrafficRecord.objects.bulk_create(
+        traffic_record(
+            model_id=fraud_model.pk,
+            request_id=f"r{i}",
+            inputs=data[end - size : end],
+            rows=size,
+            metadata={"country": "BR" if i % 3 == 0 else "US"} if i % 2 else {},
+        )
+        for i, (size, end) in enumerate(zip(sizes, ends, strict=True))
+    )
+    deadline = time.monotonic() + 60  # a shared worker may hold the lease; it counts the same way
+    while ShadowRun.objects.get(pk=run.pk).requests < 300 and time.monotonic() < deadline:
+        shadow.shadow_evaluate(run.pk, budget=60)
+        time.sleep(0.2)
+
+    run.refresh_from_db()
+    assert (run.requests, run.rows) == (300, sum(sizes))
+    assert run.cursor == TrafficRecord.objects.order_by("-id").first().pk
+    assert run.summary["agreement"] == 1.0
+    with_metadata = [i for i in range(300) if i % 2]
+    slices = run.summary["slices"]["country"]
+    assert slices["BR"]["rows"] == sum(sizes[i] for i in with_metadata if i % 3 == 0)
+    assert slices["US"]["rows"] == sum(sizes[i] for i in with_metadata if i % 3)
+    if batches:  # this process folded (not a shared worker): its batches kept to the row bound
+        assert max(batches) < 100 + 13 and len(batches) > 300 // 40

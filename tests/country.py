@@ -28,6 +28,19 @@ def country_frame(rows: int = 2000, *, seed: int = 0, br_share: float = 0.1) -> 
     return frame
 
 
+def write_formats(frame: pd.DataFrame, root: Path) -> dict[str, Path]:
+    """``frame`` as ``d.csv``, ``d.parquet`` and ``d.npz`` (one array per column) under ``root``."""
+    frame.to_csv(root / "d.csv", index=False)
+    frame.to_parquet(root / "d.parquet")
+    np.savez(
+        root / "d.npz",
+        **{name: frame[name].to_numpy() for name in FEATURES},
+        y=frame["y"].to_numpy(),
+        country=frame["country"].to_numpy().astype("U2"),
+    )
+    return {fmt: root / f"d.{fmt}" for fmt in ("csv", "parquet", "npz")}
+
+
 def train_classifier(frame: pd.DataFrame, path: Path, *, epochs: int = 30, seed: int = 0) -> Path:
     """Train a Dense softmax classifier on the frame's features and save it as .keras."""
     import keras

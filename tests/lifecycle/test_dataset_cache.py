@@ -13,7 +13,7 @@ import pytest
 from lifecycle import dataset_cache, evaluation
 from registry.services import Upload, dataset_register
 from registry.storage import blob_delete
-from tests.country import FEATURES, country_frame
+from tests.country import FEATURES, country_frame, write_formats
 
 pytestmark = pytest.mark.django_db
 
@@ -57,17 +57,8 @@ def frame():
 
 @pytest.fixture
 def datasets(frame, tmp_path, owner):
-    frame.to_csv(tmp_path / "d.csv", index=False)
-    frame.to_parquet(tmp_path / "d.parquet")
-    np.savez(
-        tmp_path / "d.npz",
-        **{name: frame[name].to_numpy() for name in FEATURES},
-        y=frame["y"].to_numpy(),
-        country=frame["country"].to_numpy().astype("U2"),
-    )
-    return {
-        fmt: register(tmp_path / f"d.{fmt}", f"holdout-{fmt}", owner) for fmt in ("csv", "parquet", "npz")
-    }
+    paths = write_formats(frame, tmp_path)
+    return {fmt: register(path, f"holdout-{fmt}", owner) for fmt, path in paths.items()}
 
 
 def read(dataset, **kwargs):

@@ -6,21 +6,14 @@ import numpy as np
 import pytest
 
 from lifecycle import evaluation
-from tests.country import FEATURES, country_frame
+from tests.country import FEATURES, country_frame, write_formats
 
 
 @pytest.fixture
 def files(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "CHUNK_ROWS", 300)  # several chunks from 1,000 rows
     frame = country_frame(1000, seed=3)
-    frame.to_csv(tmp_path / "d.csv", index=False)
-    frame.to_parquet(tmp_path / "d.parquet")
-    np.savez(
-        tmp_path / "d.npz",
-        **{name: frame[name].to_numpy() for name in FEATURES},
-        y=frame["y"].to_numpy(),
-        country=frame["country"].to_numpy().astype("U2"),
-    )
+    write_formats(frame, tmp_path)
     return frame, tmp_path
 
 

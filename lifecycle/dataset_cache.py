@@ -56,10 +56,6 @@ class Decoded:
     slices: dict[str, tuple[np.ndarray, list[str]]]  # column -> (int32 codes, sorted values)
     from_cache: bool
 
-    @property
-    def rows(self) -> int:
-        return len(self.labels)
-
 
 def cache_dir() -> Path:
     return Path(settings.MODELGATE_DATASET_CACHE_DIR)
@@ -106,7 +102,8 @@ def decoded(
         log.info("dataset %s: parsed in %.2f s", dataset, time.perf_counter() - started)
         kept = limit and _adopt(workdir, root / key, limit)
         found = _load(root / key if kept else workdir, slice_columns)
-        if found is None:  # deleted under us (an operator clearing the cache): decode again, uncached
+        if found is None:  # deleted between the rename and the read (an operator clearing the cache):
+            # the task fails and its retry decodes again
             raise RuntimeError("the decoded dataset vanished while it was being read")
         found.from_cache = False
         yield found

@@ -324,9 +324,8 @@ def _dataset_outcomes(index: int, gate: Any, scored: _Scored, ctx: GateContext) 
                 )
             )
             continue
-        failure = next(
-            (r for r in (candidate[i], baseline[i] if baseline else 0.0) if isinstance(r, Exception)), None
-        )
+        results = [candidate[i], *([baseline[i]] if baseline else [])]
+        failure = next((r for r in results if isinstance(r, Exception)), None)
         if failure is not None:
             if i:  # e.g. roc_auc on a slice holding one class: report, do not judge
                 outcomes.append(

@@ -530,7 +530,7 @@ def _batch(run: ShadowRun, after: int) -> tuple[list[dict], bool]:
 class _Reader:
     """Fetches the next batch on a connection of its own while the models run on the current one.
 
-    The models release the GIL while they compute, so reading the next 2,000 records from the
+    The models release the GIL while they compute, so reading the next ``BATCH_RECORDS`` records from the
     database overlaps with inference instead of following it. Inside a transaction (a test's, or a
     caller's) another connection could not see uncommitted records, so the reader reads in line.
     """

@@ -176,6 +176,8 @@ def time_predict(port: int, token: str, batch: np.ndarray, n: int) -> tuple[list
 def bench_shadow(
     ctx: dict, records: int, reuse: bool, rows_per_record: int = 10, profile: bool = False
 ) -> dict:
+    from django.db import connection
+
     from lifecycle import shadow
     from lifecycle.traffic import traffic_record
     from registry.models import ShadowRun, TrafficRecord
@@ -207,6 +209,10 @@ def bench_shadow(
         ),
         batch_size=2000,
     )
+    # As an upload does (lifecycle.traffic), and as autovacuum would soon after: without statistics
+    # the planner guesses a handful of rows and sorts the whole pool for every batch.
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {TrafficRecord._meta.db_table}")
     cand = bare_session(cand_path)
     champ = bare_session(champ_path)
     # The bare loop calls the model on as many rows per call as the shadow does (PREDICT_ROWS), which

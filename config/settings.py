@@ -227,6 +227,7 @@ MODELGATE_ORPHAN_GRACE_HOURS = env.float("MODELGATE_ORPHAN_GRACE_HOURS", default
 # A shadow run's evaluation claimed longer ago than this is presumed lost (its worker died) and is taken
 # over by the next wake-up; each task folds for at most 20 s, so this stays well above that.
 MODELGATE_SHADOW_LEASE_SECONDS = env.float("MODELGATE_SHADOW_LEASE_SECONDS", default=120.0)
+MODELGATE_SHADOW_CHECKPOINT_SECONDS = env.float("MODELGATE_SHADOW_CHECKPOINT_SECONDS", default=2.0)
 MODELGATE_RECONCILE_GRACE_SECONDS = env.int("MODELGATE_RECONCILE_GRACE_SECONDS", default=60)
 MODELGATE_GATE_TIME_LIMIT = env.int("MODELGATE_GATE_TIME_LIMIT", default=15 * 60)
 # Limits of each task that opens an uploaded model (workers/limits.py); 0 disables one.

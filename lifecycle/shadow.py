@@ -8,8 +8,9 @@ answers are never returned to callers. Once ``min_requests`` records are in, or 
 passed, the verdict moves the version on: to ``awaiting_approval`` (with the summary the approvers
 see), or to ``rejected`` with the numbers.
 
-Every batch moves the run's cursor and its accumulators in one compare-and-set UPDATE, so a batch is
-counted once whatever happens to the worker, and two workers never fold the same records.
+The run's cursor and its accumulators move together in one compare-and-set UPDATE (a checkpoint,
+every couple of seconds and at the end of a task), so a record is counted once whatever happens to
+the worker, and two workers never fold the same records.
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ log = logging.getLogger(__name__)
 
 ACTOR = "system:shadow"
 EVALUATE = "workers.shadow.evaluate_model_shadows"
-BATCH_RECORDS = 5000  # records read and folded per batch (one compare-and-set write each)
+BATCH_RECORDS = 5000  # records read and folded per batch
 BATCH_ROWS = 100_000  # ...and at most about this many rows, for records of many rows each
+FIRST_BATCH_RECORDS = 250  # a task's first read is small, and each later one twice the last (see _Reader)
 PREDICT_ROWS = 2048  # rows per model call: small enough that a wide model's activations stay in cache
-SUMMARY_SECONDS = 2.0  # the readable summary is refreshed this often during a task, and at its end
+# The run (cursor, statistics, readable summary) is written this often, and at a task's end: a worker
+# that dies loses at most this much folding, which the next task redoes.
+CHECKPOINT_SECONDS = float(settings.MODELGATE_SHADOW_CHECKPOINT_SECONDS)
 BUDGET_SECONDS = 20.0  # one task folds batches for at most this long, then hands the run back
 LEASE_SECONDS = float(settings.MODELGATE_SHADOW_LEASE_SECONDS)  # a run claimed longer ago is lost
 FIELDS = (
@@ -61,7 +65,7 @@ FIELDS = (
     "metadata",
 )
 RESERVOIR = 2000  # values kept per distribution; quantiles and KS are exact up to this many rows
-PROBES_PER_BATCH = 16  # single-request latency probes of both models per batch
+PROBES_PER_BATCH = 16  # single-request latency probes of both models per full batch (fewer in a smaller one)
 TIMELINE_POINTS = 200
 LABELLED_RECORDS_MAX = 50_000
 
@@ -139,8 +143,8 @@ class Judged:
     diffs: np.ndarray  # max |candidate - champion| per row
     cand_scores: np.ndarray
     champ_scores: np.ndarray
-    row_slices: list[dict[str, Any]]  # per record: its metadata, with its row span
-    spans: list[tuple[int, int]]
+    ends: np.ndarray  # per record: the end of its rows (its rows are ends[i - 1]:ends[i])
+    sliced: list[tuple[int, dict[str, Any]]]  # (record index, metadata) of the records with slice fields
     errors: list[str]
 
 
@@ -253,33 +257,22 @@ def _outputs(records: list[dict], cand: Any, champ: Any, baseline_id: int) -> tu
     return cand_parts, champ_parts, errors
 
 
-def _whole(
-    records: list[dict], cand: Any, champ: Any, baseline_id: int
-) -> tuple[np.ndarray, np.ndarray] | None:
+def _whole(batch: Batch, cand: Any, champ: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """The common batch, in whole arrays: every record runs, and the champion's answers were all
     captured from this champion (or none were). None sends the batch down the per-record path."""
-    reuse = {r["served_by_id"] == baseline_id and r["outputs"] is not None for r in records}
-    if len(reuse) != 1:
+    if batch.reuse is None or batch.inputs is None or (batch.reuse and batch.served is None):
         return None
     try:
-        inputs = _stack(records)
-        c = _run(cand, inputs)
-        if True in reuse:
-            served = unpack_many([r["outputs"] for r in records], [r["output_layout"] for r in records])
-            if served is None:
-                return None
-            b = served.reshape(served.shape[0], -1)
-        else:
-            b = _run(champ, inputs)
+        c = _run(cand, batch.inputs)
+        b = batch.served.reshape(len(batch.served), -1) if batch.reuse else _run(champ, batch.inputs)
     except Exception:
         return None
     return (c, b) if c.shape == b.shape else None
 
 
-def _judge(
-    records: list[dict], cand: Any, champ: Any, baseline_id: int, classifier: bool, tol: float
-) -> Judged:
-    whole = _whole(records, cand, champ, baseline_id)
+def _judge(batch: Batch, cand: Any, champ: Any, baseline_id: int, classifier: bool, tol: float) -> Judged:
+    records = batch.records
+    whole = _whole(batch, cand, champ)
     if whole is not None:
         c, b = whole
         return _judged(c, b, classifier, tol, records, [])
@@ -299,7 +292,7 @@ def _judge(
             )
     if not keep:
         empty = np.zeros(0, np.float32)
-        return Judged(0, empty.astype(bool), empty, empty, empty, [], [], errors)
+        return Judged(0, empty.astype(bool), empty, empty, empty, np.zeros(0, np.int64), [], errors)
     c = np.concatenate([cand_parts[i] for i in keep])
     b = np.concatenate([champ_parts[i] for i in keep])
     return _judged(c, b, classifier, tol, [records[i] for i in keep], errors)
@@ -314,44 +307,62 @@ def _judged(
     errors: list[str],
 ) -> Judged:
     """Compare row-aligned outputs of the ``records`` (in order): agreement, differences, scores."""
-    ends = np.cumsum([r["rows"] for r in records]).tolist()
-    spans = list(zip([0, *ends[:-1]], ends, strict=True))
-    agreed = (
-        evaluation.classes(c) == evaluation.classes(b) if classifier else (np.abs(c - b) <= tol).all(axis=1)
-    )
+    diff = np.abs(c - b)
+    agreed = evaluation.classes(c) == evaluation.classes(b) if classifier else _row_max(diff) <= tol
     return Judged(
         rows=len(c),
         agreed=agreed,
-        diffs=np.abs(c - b).max(axis=1),
+        diffs=_row_max(diff),
         cand_scores=_score(c),
         champ_scores=_score(b),
-        row_slices=[r["metadata"] or {} for r in records],
-        spans=spans,
+        ends=np.cumsum(np.fromiter((r["rows"] for r in records), np.int64, len(records))),
+        sliced=[(i, r["metadata"]) for i, r in enumerate(records) if r["metadata"]],
         errors=errors,
     )
 
 
-def _reservoir(stats: dict, name: str, values: np.ndarray, seen: int, rng: np.random.Generator) -> None:
-    """Algorithm R over batches: a uniform sample of at most RESERVOIR of all values seen."""
-    kept = stats.setdefault(name, [])
-    values = values.astype(float).round(7)
-    room = max(0, RESERVOIR - len(kept))
-    kept.extend(values[:room].tolist())
-    rest = values[room:]
-    if len(rest):
-        # The i-th later value replaces a random slot with probability RESERVOIR / (its position).
-        positions = rng.integers(0, seen + room + np.arange(1, len(rest) + 1))
-        hit = positions < RESERVOIR
-        sample = np.asarray(kept)
-        sample[positions[hit]] = rest[hit]
-        stats[name] = sample.tolist()
+def _row_max(diff: np.ndarray) -> np.ndarray:
+    """The largest value of each row: column by column for a few columns, where ``max(axis=1)``'s
+    short inner loop is several times slower (NaN propagates the same way)."""
+    if diff.shape[1] > 8:
+        return diff.max(axis=1)
+    out = diff[:, 0].copy()
+    for j in range(1, diff.shape[1]):
+        np.maximum(out, diff[:, j], out=out)
+    return out
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return values.astype(float).round(7).tolist()
+
+
+def _reservoir(stats: dict, columns: dict[str, np.ndarray], seen: int, rng: np.random.Generator) -> None:
+    """Algorithm R over batches: a uniform sample of at most RESERVOIR of all rows seen, of row-aligned
+    ``columns`` (the same rows sampled in each, so one draw serves them all)."""
+    kept = [stats.setdefault(name, []) for name in columns]
+    room = max(0, RESERVOIR - len(kept[0]))
+    values = list(columns.values())
+    rest = len(values[0]) - room
+    slots: list[int] = []
+    if rest > 0:
+        # The i-th later row replaces a random slot with probability RESERVOIR / (its position); of
+        # later rows drawn for one slot, the last one stays.
+        positions = rng.integers(0, seen + room + np.arange(1, rest + 1))
+        hit = np.flatnonzero(positions < RESERVOIR)
+        slots = positions[hit].tolist()
+    for sample, column in zip(kept, values, strict=True):
+        sample.extend(_rounded(column[:room]))
+        if slots:
+            for slot, value in zip(slots, _rounded(column[room:][hit]), strict=True):
+                sample[slot] = value
 
 
 def _probe(records: list[dict], cand: Any, champ: Any) -> tuple[list[float], list[float]]:
     """Single-request latency of both models on the same records, measured the same way, interleaved."""
     cand_ms, champ_ms = [], []
-    step = max(1, len(records) // PROBES_PER_BATCH)
-    sample = records[::step][:PROBES_PER_BATCH]
+    probes = max(1, min(PROBES_PER_BATCH, -(-PROBES_PER_BATCH * len(records) // BATCH_RECORDS)))
+    step = max(1, len(records) // probes)
+    sample = records[::step][:probes]
     for model in (cand, champ):  # warm both up on this shape: the first run allocates
         try:
             model.predict(_stack(sample[:1]))
@@ -369,33 +380,31 @@ def _probe(records: list[dict], cand: Any, champ: Any) -> tuple[list[float], lis
     return cand_ms, champ_ms
 
 
-def _fold(run: ShadowRun, records: list[dict], cand: Any, champ: Any, policy: Policy) -> None:
-    stats = run.stats
+def _fold(run: ShadowRun, batch: Batch, cand: Any, champ: Any, policy: Policy) -> None:
+    stats, records = run.stats, batch.records
     if "classifier" not in stats:
         stats["classifier"] = is_classifier(policy, _first(champ.predict(_stack(records[:1]))))
-    judged = _judge(records, cand, champ, run.baseline_id, stats["classifier"], policy.shadow.tolerance)
+    judged = _judge(batch, cand, champ, run.baseline_id, stats["classifier"], policy.shadow.tolerance)
     rng = np.random.default_rng(run.pk * 1_000_003 + run.rows)
     seen = int(stats.get("seen", 0))
-    for name, values in (
-        ("diffs", judged.diffs),
-        ("cand_scores", judged.cand_scores),
-        ("champ_scores", judged.champ_scores),
-    ):
-        _reservoir(stats, name, values, seen, rng)
+    columns = {"diffs": judged.diffs, "cand_scores": judged.cand_scores, "champ_scores": judged.champ_scores}
+    _reservoir(stats, columns, seen, rng)
     stats["seen"] = seen + judged.rows
     cand_ms, champ_ms = _probe(records, cand, champ)
     probes = int(stats.get("probes", 0))
-    _reservoir(stats, "cand_ms", np.asarray(cand_ms), probes, rng)
-    _reservoir(stats, "champ_ms", np.asarray(champ_ms), probes, rng)
+    _reservoir(stats, {"cand_ms": np.asarray(cand_ms)}, probes, rng)
+    _reservoir(stats, {"champ_ms": np.asarray(champ_ms)}, probes, rng)
     stats["probes"] = probes + min(len(cand_ms), len(champ_ms))
-    stats["agreed"] = int(stats.get("agreed", 0)) + int(judged.agreed.sum())
+    # agreed_by[k]: how many of this batch's first k rows agree.
+    agreed_by = np.concatenate([[0], np.cumsum(judged.agreed)]).tolist()
+    ends = judged.ends.tolist()
+    stats["agreed"] = int(stats.get("agreed", 0)) + agreed_by[-1]
     stats["diff_sum"] = float(stats.get("diff_sum", 0.0)) + float(judged.diffs.sum())
     stats["diff_max"] = max(float(stats.get("diff_max", 0.0)), float(judged.diffs.max(initial=0.0)))
     slices = stats.setdefault("slices", {})
-    for metadata, (lo, hi) in zip(judged.row_slices, judged.spans, strict=True):
-        if not metadata:
-            continue
-        agreed = int(judged.agreed[lo:hi].sum())
+    for i, metadata in judged.sliced:
+        lo, hi = ends[i - 1] if i else 0, ends[i]
+        agreed = agreed_by[hi] - agreed_by[lo]
         for field_name, value in metadata.items():
             cell = slices.setdefault(str(field_name), {}).setdefault(str(value), [0, 0])
             cell[0] += hi - lo
@@ -404,18 +413,12 @@ def _fold(run: ShadowRun, records: list[dict], cand: Any, champ: Any, policy: Po
         stats["error_samples"] = (stats.get("error_samples", []) + judged.errors)[:5]
     # Agreement over time: the running agreement at a few record boundaries of this batch.
     timeline = stats.setdefault("timeline", [])
-    at, agreed_before = timezone.now().isoformat(), stats["agreed"] - int(judged.agreed.sum())
-    step = max(1, len(judged.spans) // 10)
-    for i in [*range(step - 1, len(judged.spans), step)][:10] + (
-        [len(judged.spans) - 1] if judged.spans else []
-    ):
-        end = judged.spans[i][1]
+    at, agreed_before = timezone.now().isoformat(), stats["agreed"] - agreed_by[-1]
+    step = max(1, len(ends) // 10)
+    for i in [*range(step - 1, len(ends), step)][:10] + ([len(ends) - 1] if ends else []):
+        end = ends[i]
         seen_rows = run.rows + end
-        point = [
-            at,
-            run.requests + i + 1,
-            round((agreed_before + int(judged.agreed[:end].sum())) / seen_rows, 6),
-        ]
+        point = [at, run.requests + i + 1, round((agreed_before + agreed_by[end]) / seen_rows, 6)]
         if not timeline or timeline[-1][1] != point[1]:
             timeline.append(point)
     while len(timeline) > TIMELINE_POINTS:
@@ -500,10 +503,11 @@ def _batch_sql() -> str:
 BATCH_SQL = _batch_sql()
 
 
-def _batch(run: ShadowRun, after: int) -> tuple[list[dict], bool]:
+def _batch(run: ShadowRun, after: int, limit: int = 0) -> tuple[list[dict], bool]:
     """The pool's next records after id ``after``, oldest first, and whether more may follow.
 
-    At most ``BATCH_RECORDS`` records and, past the first, about ``BATCH_ROWS`` rows. Written out
+    At most ``limit`` records (``BATCH_RECORDS``) and, past the first, about as many rows as
+    ``BATCH_ROWS`` allows for that many records (100,000 for a full batch). Written out
     rather than through the ORM's ``.values()``: its per-field converters and the JSON decoding of
     every (nearly always empty) metadata took as long as the candidate's inference
     (bench/serving_overhead.py --profile). Metadata is fetched as text and decoded only when it
@@ -511,10 +515,15 @@ def _batch(run: ShadowRun, after: int) -> tuple[list[dict], bool]:
     """
     from django.db import connection
 
-    since = connection.ops.adapt_datetimefield_value(run.since)
-    with connection.cursor() as cursor:
-        cursor.execute(BATCH_SQL, [run.candidate.model_id, since, after, BATCH_RECORDS])
-        rows = cursor.fetchall()
+    limit = limit or BATCH_RECORDS
+    max_rows = max(1, BATCH_ROWS * limit // BATCH_RECORDS)
+    params = [run.candidate.model_id, connection.ops.adapt_datetimefield_value(run.since), after, limit]
+    if connection.vendor == "postgresql":
+        rows = _fetch_binary(connection, params)
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(BATCH_SQL, params)
+            rows = cursor.fetchall()
     records, total = [], 0
     for row in rows:
         record = dict(zip(FIELDS, row, strict=True))
@@ -522,17 +531,62 @@ def _batch(run: ShadowRun, after: int) -> tuple[list[dict], bool]:
         record["metadata"] = json.loads(metadata) if metadata and metadata != "{}" else {}
         records.append(record)
         total += record["rows"]
-        if total >= BATCH_ROWS and len(records) < len(rows):
+        if total >= max_rows and len(records) < len(rows):
             return records, True
-    return records, len(rows) == BATCH_RECORDS
+    return records, len(rows) == limit
+
+
+def _fetch_binary(connection: Any, params: list) -> list[tuple]:
+    """The batch in PostgreSQL's binary format: the inputs and outputs come as their bytes, not as hex
+    text for the client to decode, which halves the cost of reading a batch. Django's cursors bind
+    on the client, which cannot ask for binary results, so this one cursor binds on the server."""
+    import psycopg
+
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(BATCH_SQL, params, binary=True, prepare=False)
+        return cursor.fetchall()
+
+
+@dataclass
+class Batch:
+    """Records read for folding, with their arrays already stacked by the reader where they stack."""
+
+    records: list[dict]
+    more: bool  # more records may follow
+    reuse: bool | None = (
+        None  # every record carries this champion's answer (True), none does (False), or mixed
+    )
+    inputs: Any = None  # every record's inputs in one array (or one per input name); None: they do not stack
+    served: np.ndarray | None = None  # with reuse, the champion's answers in one array, when they stack
+
+
+def _prepared(run: ShadowRun, after: int, limit: int) -> Batch:
+    """The next batch, read and stacked: on the reader's thread, this work overlaps with inference."""
+    records, more = _batch(run, after, limit)
+    batch = Batch(records, more)
+    if not records:
+        return batch
+    reuse = {r["served_by_id"] == run.baseline_id and r["outputs"] is not None for r in records}
+    batch.reuse = reuse.pop() if len(reuse) == 1 else None
+    try:
+        batch.inputs = _stack(records)
+        if batch.reuse:
+            batch.served = unpack_many([r["outputs"] for r in records], [r["output_layout"] for r in records])
+    except Exception:  # records that do not stack are folded one by one, and their errors named there
+        batch.inputs = batch.served = None
+    return batch
 
 
 class _Reader:
     """Fetches the next batch on a connection of its own while the models run on the current one.
 
-    The models release the GIL while they compute, so reading the next ``BATCH_RECORDS`` records from the
-    database overlaps with inference instead of following it. Inside a transaction (a test's, or a
-    caller's) another connection could not see uncommitted records, so the reader reads in line.
+    The models release the GIL while they compute, so reading (and stacking) the next records overlaps
+    with inference instead of following it. The first read is small (``FIRST_BATCH_RECORDS``) and each
+    later one twice the last, up to ``BATCH_RECORDS``, so that the models start at once and each read
+    finishes while the models are still busy with the batch before. Inside a transaction (a test's,
+    or a caller's) another connection could not see uncommitted records, so the reader reads in line,
+    in full batches.
     """
 
     def __init__(self, run: ShadowRun) -> None:
@@ -540,17 +594,22 @@ class _Reader:
 
         self.run = run
         self.pool = None if connection.in_atomic_block else ThreadPoolExecutor(1, "shadow-reader")
+        self.limit = FIRST_BATCH_RECORDS if self.pool is not None else BATCH_RECORDS
         self.next: Any = None
 
-    def read(self, after: int) -> tuple[list[dict], bool]:
+    def _limit(self) -> int:
+        limit, self.limit = self.limit, min(BATCH_RECORDS, self.limit * 2)
+        return min(limit, BATCH_RECORDS)
+
+    def read(self, after: int) -> Batch:
         if self.next is not None:
             pending, self.next = self.next, None
-            records, more = pending.result()
+            batch = pending.result()
         else:
-            records, more = _batch(self.run, after)
-        if self.pool is not None and more:
-            self.next = self.pool.submit(_batch, self.run, records[-1]["id"])
-        return records, more
+            batch = _prepared(self.run, after, self._limit())
+        if self.pool is not None and batch.more:
+            self.next = self.pool.submit(_prepared, self.run, batch.records[-1]["id"], self._limit())
+        return batch
 
     def close(self) -> None:
         if self.pool is None:
@@ -615,24 +674,39 @@ def _evaluate(run: ShadowRun, *, now: dt.datetime, budget: float) -> ShadowRun |
 def _fold_batches(
     run: ShadowRun, policy: Policy, reader: _Reader, *, started: float, budget: float, now: dt.datetime
 ) -> ShadowRun | None:
-    summarized = started
+    written_cursor, written_at = run.cursor, started
     cand = champ = None
     while time.monotonic() - started < budget:
-        records, more = reader.read(run.cursor)
-        if not records:
+        batch = reader.read(run.cursor)
+        if not batch.records:
             break
         if cand is None:
             cand = _runtimes.get(served_artifact_of(run.candidate), run.candidate.signature)
             champ = _runtimes.get(served_artifact_of(run.baseline), run.baseline.signature)
-        old_cursor = run.cursor
-        _fold(run, records, cand, champ, policy)
-        run.cursor = records[-1]["id"]
-        last = not more or run.requests >= policy.shadow.min_requests or time.monotonic() - started >= budget
-        if last or time.monotonic() - summarized >= SUMMARY_SECONDS:
-            run.summary, summarized = summarize(run), time.monotonic()
-        written = ShadowRun.objects.filter(
-            pk=run.pk, cursor=old_cursor, status=ShadowRun.Status.RUNNING
-        ).update(
+        _fold(run, batch, cand, champ, policy)
+        run.cursor = batch.records[-1]["id"]
+        last = (
+            not batch.more
+            or run.requests >= policy.shadow.min_requests
+            or time.monotonic() - started >= budget
+        )
+        if last:
+            break
+        if time.monotonic() - written_at >= CHECKPOINT_SECONDS:
+            if not _checkpoint(run, written_cursor):
+                return None
+            written_cursor, written_at = run.cursor, time.monotonic()
+    if run.cursor != written_cursor and not _checkpoint(run, written_cursor):
+        return None
+    return shadow_conclude(run.pk, now=now, cand=cand, champ=champ)
+
+
+def _checkpoint(run: ShadowRun, written_cursor: int) -> bool:
+    """Write the run's cursor, statistics and summary at once, if the cursor is still where this task
+    last wrote it; False when the run ended or moved on elsewhere meanwhile (nothing is written)."""
+    run.summary = summarize(run)
+    return bool(
+        ShadowRun.objects.filter(pk=run.pk, cursor=written_cursor, status=ShadowRun.Status.RUNNING).update(
             cursor=run.cursor,
             stats=run.stats,
             summary=run.summary,
@@ -640,11 +714,7 @@ def _fold_batches(
             rows=run.rows,
             errors=run.errors,
         )
-        if not written:
-            return None  # ended or moved on elsewhere meanwhile
-        if last:
-            break
-    return shadow_conclude(run.pk, now=now, cand=cand, champ=champ)
+    )
 
 
 def _fail(run: ShadowRun, reason: str) -> ShadowRun | None:

@@ -1,8 +1,9 @@
 """A shadow worker SIGKILLed in the middle of its batches.
 
-The run's cursor and statistics move together in one compare-and-set per batch, so the batches written
-before the kill stay counted, the batch in flight is lost whole, and the run is taken over from its cursor
-once its lease expires: every traffic record is counted exactly once, and one verdict is written.
+The run's cursor and statistics move together in one compare-and-set (a checkpoint), so the records
+checkpointed before the kill stay counted, those folded since are lost whole, and the run is taken over
+from its cursor once its lease expires: every traffic record is counted exactly once, and one verdict is
+written.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tests.serving.test_shadow import rows, served_champion, shadow_policy, vers
 
 pytestmark = pytest.mark.workers
 
-RECORDS = 60_000  # thirty batches: the kill lands with some written and some not
+RECORDS = 60_000  # many checkpoints: the kill lands with some written and some not
 
 
 def test_a_worker_killed_mid_shadow_counts_every_record_once_after_the_takeover(
@@ -39,7 +40,12 @@ def test_a_worker_killed_mid_shadow_counts_every_record_once_after_the_takeover(
         ),
         batch_size=5000,
     )
-    fast = {"MODELGATE_SHADOW_SECONDS": "1", "MODELGATE_SHADOW_LEASE_SECONDS": "4"}
+    # A checkpoint after every batch, so that the kill lands between some written and some not.
+    fast = {
+        "MODELGATE_SHADOW_SECONDS": "1",
+        "MODELGATE_SHADOW_LEASE_SECONDS": "4",
+        "MODELGATE_SHADOW_CHECKPOINT_SECONDS": "0",
+    }
     worker = fresh_workers.start(concurrency=1, beat=True, extra_env=fast)
 
     deadline = time.monotonic() + 120
@@ -49,7 +55,8 @@ def test_a_worker_killed_mid_shadow_counts_every_record_once_after_the_takeover(
     fresh_workers.kill(worker)
     killed = ShadowRun.objects.get(pk=run.pk)
     assert 0 < killed.requests < RECORDS, killed.requests  # the kill landed mid-run
-    assert killed.requests % shadow.BATCH_RECORDS == 0  # whole batches only
+    # The cursor and the statistics moved together: every record up to the cursor is counted, no other.
+    assert killed.requests == TrafficRecord.objects.filter(id__lte=killed.cursor).count()
     assert killed.lease_expires_at is not None and killed.status == "running"
 
     fresh_workers.start(concurrency=1, beat=True, extra_env=fast)

@@ -449,8 +449,8 @@ def test_batches_of_many_row_records_are_cut_by_rows_read_ahead_and_each_record_
     batches: list[int] = []
     real = shadow._batch
 
-    def counting(run, after):
-        records, more = real(run, after)
+    def counting(run, after, limit=0):
+        records, more = real(run, after, limit)
         batches.append(sum(r["rows"] for r in records))
         return records, more
 

@@ -260,6 +260,7 @@ def time_metrics(gate, dataset, labels, outputs, country) -> float:
         candidate=outputs,
         champion=None,
         slices={"country": (codes.astype(np.int32), list(values))},
+        slice_rows={"country": np.bincount(codes, minlength=len(values)).tolist()},
     )
     started = time.perf_counter()
     gates._dataset_outcomes(0, gate, scored, ctx=None)

@@ -6,10 +6,13 @@ parsing a CSV costs more than a small model's whole inference. So the first eval
 
 - ``features.f32``: the feature matrix, float32, row-major, exactly the rows the readers give;
 - ``labels.npy``: the label column as the reader gave it;
-- ``slice-<i>.npy``: per slice column, int32 codes into its sorted values (kept in ``meta.json``).
+- ``slice-<i>.npy``: per slice column, int32 codes into its sorted values (kept in ``meta.json``,
+  with each value's row count).
 
 Later evaluations memory-map those files: no parsing, no copy, and the model reads its batches
-straight from the page cache. An entry is built in a private directory and renamed into place, so a
+straight from the page cache. A worker process keeps its last few entries mapped (``MAPPED_ENTRIES``),
+so that its next evaluation of the same dataset does not even fault the pages in again; a mapping is
+dropped when its entry's files change, and it holds the disk space of an evicted entry until then. An entry is built in a private directory and renamed into place, so a
 reader never sees half of one, and two workers building the same entry at once both end up with a
 whole one. The cache is bounded by ``MODELGATE_DATASET_CACHE_MB`` (least recently used entries go
 first; 0 turns it off, and each evaluation then decodes into a temporary directory). Everything in it
@@ -22,13 +25,16 @@ would without the cache.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +48,8 @@ from registry.storage import blob_exists, blob_local_path
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the layout or the readers' semantics change: old entries are ignored
+FORMAT_VERSION = 2  # bump when the layout or the readers' semantics change: old entries are ignored
+MAPPED_ENTRIES = 4  # entries a worker process keeps mapped between evaluations
 META = "meta.json"
 STALE_BUILD_SECONDS = 6 * 3600
 
@@ -54,7 +61,12 @@ class Decoded:
     features: np.ndarray  # [rows, n_features] float32, C-contiguous
     labels: np.ndarray
     slices: dict[str, tuple[np.ndarray, list[str]]]  # column -> (int32 codes, sorted values)
+    slice_rows: dict[str, list[int]]  # column -> rows per value, in the order of the values
     from_cache: bool
+
+
+_mapped: OrderedDict[str, tuple[tuple, Decoded]] = OrderedDict()  # entry -> (its files' identity, arrays)
+_mapped_lock = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -85,7 +97,7 @@ def decoded(
     root = cache_dir()
     if limit:
         entry = root / key
-        found = _load(entry, slice_columns)
+        found = _load_mapped(entry, slice_columns)
         if found is not None:
             # Purged bytes must still reject: ask the store, which is one cheap call.
             if not blob_exists(dataset.artifact_key):
@@ -101,12 +113,11 @@ def decoded(
         _build(dataset, workdir, label=label, features=features, slice_columns=slice_columns)
         log.info("dataset %s: parsed in %.2f s", dataset, time.perf_counter() - started)
         kept = limit and _adopt(workdir, root / key, limit)
-        found = _load(root / key if kept else workdir, slice_columns)
+        found = _load_mapped(root / key, slice_columns) if kept else _load(workdir, slice_columns)
         if found is None:  # deleted between the rename and the read (an operator clearing the cache):
             # the task fails and its retry decodes again
             raise RuntimeError("the decoded dataset vanished while it was being read")
-        found.from_cache = False
-        yield found
+        yield dataclasses.replace(found, from_cache=False)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -157,15 +168,17 @@ def _build(
     if not rows:
         raise evaluation.EvaluationError(f"dataset {dataset} has no rows")
     np.save(out / "labels.npy", np.concatenate(labels), allow_pickle=False)
-    slice_values = {}
+    slice_values, slice_rows = {}, {}
     for i, column in enumerate(slice_columns):
         # Sorted values, as the gate reports its slices; codes renumbered to match.
         names = list(values[column])
         order = np.argsort(np.asarray(names, dtype=object), kind="stable")
         rank = np.empty(len(names), np.int32)
         rank[order] = np.arange(len(names), dtype=np.int32)
-        np.save(out / f"slice-{i}.npy", rank[np.concatenate(codes[column])], allow_pickle=False)
+        ranked = rank[np.concatenate(codes[column])]
+        np.save(out / f"slice-{i}.npy", ranked, allow_pickle=False)
         slice_values[column] = [names[j] for j in order]
+        slice_rows[column] = np.bincount(ranked, minlength=len(names)).tolist()
     meta = {
         "format_version": FORMAT_VERSION,
         "dataset": f"{dataset.name}:{dataset.version}",
@@ -174,9 +187,40 @@ def _build(
         "width": width,
         "slice_columns": slice_columns,
         "slice_values": slice_values,
+        "slice_rows": slice_rows,
     }
     # The meta file is written last: an entry without it is unfinished and never read.
     (out / META).write_text(json.dumps(meta))
+
+
+def _identity(entry: Path) -> tuple | None:
+    """What tells one build of an entry from another: its meta, and each file's inode and size."""
+    try:
+        files = [(entry / name).stat() for name in sorted(os.listdir(entry)) if name != META]
+        return ((entry / META).read_bytes(), *((f.st_dev, f.st_ino, f.st_size) for f in files))
+    except OSError:
+        return None
+
+
+def _load_mapped(entry: Path, slice_columns: list[str]) -> Decoded | None:
+    """``_load``, reusing this process's mapping of the entry while its files are the same ones."""
+    identity = _identity(entry)
+    if identity is None:
+        return None
+    key = str(entry)
+    with _mapped_lock:
+        kept = _mapped.get(key)
+        if kept is not None and kept[0] == identity:
+            _mapped.move_to_end(key)
+            return kept[1]
+    found = _load(entry, slice_columns)
+    with _mapped_lock:
+        _mapped.pop(key, None)
+        if found is not None:
+            _mapped[key] = (identity, found)
+            while len(_mapped) > MAPPED_ENTRIES:
+                _mapped.popitem(last=False)
+    return found
 
 
 def _load(entry: Path, slice_columns: list[str]) -> Decoded | None:
@@ -195,20 +239,26 @@ def _load(entry: Path, slice_columns: list[str]) -> Decoded | None:
             raise ValueError("features.f32 has the wrong size")
         features = np.memmap(entry / "features.f32", dtype=np.float32, mode="r", shape=(rows, width))
         labels = np.load(entry / "labels.npy", mmap_mode="r", allow_pickle=False)
-        slices = {}
+        slices, slice_rows = {}, {}
         for i, column in enumerate(slice_columns):
             codes = np.load(entry / f"slice-{i}.npy", mmap_mode="r", allow_pickle=False)
             names = [str(v) for v in meta["slice_values"][column]]
-            if len(codes) != rows or (rows and int(codes.max()) >= len(names)):
+            counts = [int(n) for n in meta["slice_rows"][column]]
+            if (
+                len(codes) != rows
+                or len(counts) != len(names)
+                or sum(counts) != rows
+                or (rows and int(codes.max()) >= len(names))
+            ):
                 raise ValueError(f"slice-{i}.npy does not fit")
-            slices[column] = (codes, names)
+            slices[column], slice_rows[column] = (codes, names), counts
         if len(labels) != rows:
             raise ValueError("labels.npy has the wrong length")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("dataset cache entry %s is damaged (%s); it is dropped and rebuilt", entry.name, exc)
         shutil.rmtree(entry, ignore_errors=True)
         return None
-    return Decoded(features=features, labels=labels, slices=slices, from_cache=True)
+    return Decoded(features=features, labels=labels, slices=slices, slice_rows=slice_rows, from_cache=True)
 
 
 def _size(entry: Path) -> int:

@@ -201,13 +201,20 @@ def predict_batched(model: Any, features: np.ndarray, batch_rows: int | None = N
             f"the model expects {expected[1]} features but the dataset gives {features.shape[1]}"
         )
     batch_rows = batch_rows or batch_rows_for(features)
-    parts = []
+    outputs = None
     for start in range(0, len(features), batch_rows):
         try:
-            parts.append(_single_output(model.predict(features[start : start + batch_rows])))
+            part = _single_output(model.predict(features[start : start + batch_rows]))
         except PredictionInputError as exc:
             raise EvaluationError(str(exc)) from None
-    return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.float32)
+        if outputs is None:  # sized by the first batch; each batch is copied in while it is in cache
+            outputs = np.empty((len(features), *part.shape[1:]), dtype=np.float32)
+        if part.shape[1:] != outputs.shape[1:] or len(part) != min(batch_rows, len(features) - start):
+            raise EvaluationError(
+                f"the model answered {list(part.shape)} for {min(batch_rows, len(features) - start)} rows"
+            )
+        outputs[start : start + len(part)] = part
+    return outputs if outputs is not None else np.zeros((0,), dtype=np.float32)
 
 
 # --- metrics ----------------------------------------------------------------------------------------------------
@@ -215,14 +222,24 @@ def predict_batched(model: Any, features: np.ndarray, batch_rows: int | None = N
 
 def classes(outputs: np.ndarray) -> np.ndarray:
     """Probabilities to classes: argmax over several outputs, the 0.5 threshold for a single sigmoid."""
+    found = _classes(outputs)
+    return found.astype(np.int64) if found.dtype == bool else found
+
+
+def _classes(outputs: np.ndarray) -> np.ndarray:
+    """``classes``, as booleans where there are two classes (0 and 1)."""
     if outputs.ndim == 2 and outputs.shape[1] == 2:
-        # argmax over two columns, written out: 18 times faster than argmax's short inner loop, and
-        # the same answer, NaN included (argmax takes the first NaN, then the first maximum).
+        # argmax over two columns, written out: many times faster than argmax's short inner loop,
+        # and the same answer, NaN included (argmax takes the first NaN, then the first maximum).
         first, second = outputs[:, 0], outputs[:, 1]
-        return (~np.isnan(first) & (np.isnan(second) | (second > first))).astype(np.int64)
+        with np.errstate(all="ignore"):  # inf - inf and overflow only send it down the exact path
+            finite = np.isfinite(outputs.sum())  # one quick pass shows there is no NaN (nor infinity)
+        if finite:
+            return second > first
+        return ~(first >= second) & ~np.isnan(first)
     if outputs.ndim == 2 and outputs.shape[1] > 1:
         return outputs.argmax(axis=1)
-    return (outputs.reshape(-1) >= 0.5).astype(np.int64)
+    return outputs.reshape(-1) >= 0.5
 
 
 def _scores(outputs: np.ndarray) -> np.ndarray:
@@ -316,21 +333,25 @@ def _confusion_by_slice(
         return None  # the slow path gives the error its message
     if not len(y):
         return None
-    predicted = classes(outputs).astype(np.int64, copy=False)
-    low = int(min(y.min(), predicted.min()))
-    width = int(max(y.max(), predicted.max())) - low + 1
+    predicted = _classes(outputs)
+    two = predicted.dtype == bool  # classes 0 and 1: no need to look for their range
+    low = int(min(y.min(), 0 if two else predicted.min()))
+    width = int(max(y.max(), 1 if two else predicted.max())) - low + 1
     cells = width * width
     if cells * (slices + 1) > max(4 * len(y), 1 << 16):
         return None  # labels spread so wide that counting per pair gains nothing
-    # index = code * cells + (label - low) * width + (class - low), built in place: a million rows
-    # go through each step once.
-    index = (y - low) if low else y.copy()
+    # index = ((code * width + label - low) * width + class - low, built in place: a million rows
+    # go through each of these few steps once.
+    sliced = codes is not None and slices
+    index = np.multiply(codes, width, dtype=np.int64) if sliced else np.zeros(len(y), np.int64)
+    index += y
+    if low:
+        index -= low
     index *= width
     index += predicted
     if low:
         index -= low
-    if codes is not None and slices:
-        index += np.asarray(codes, dtype=np.int64) * cells
+    if sliced:
         per_slice = np.bincount(index, minlength=slices * cells).reshape(slices, cells)
         tables = [per_slice.sum(axis=0), *per_slice]
     else:

@@ -271,6 +271,7 @@ class _Scored:
     candidate: np.ndarray
     champion: np.ndarray | None
     slices: dict[str, tuple[np.ndarray, list[str]]]  # column -> (int32 codes per row, sorted values)
+    slice_rows: dict[str, list[int]]  # column -> rows per value
 
 
 def _dataset_for(gate: Any) -> Dataset | None:
@@ -299,6 +300,7 @@ def _score(
             candidate=candidate,
             champion=baseline,
             slices=data.slices,
+            slice_rows=data.slice_rows,
         )
 
 
@@ -306,7 +308,7 @@ def _dataset_outcomes(index: int, gate: Any, scored: _Scored, ctx: GateContext) 
     """The overall result first, then one per value of the slice column (sorted)."""
     codes, values = scored.slices[gate.slice_by] if gate.slice_by else (None, [])
     names = ["", *(f"{gate.slice_by}={value}" for value in values)]
-    rows = [len(scored.labels), *(np.bincount(codes, minlength=len(values)).tolist() if len(values) else [])]
+    rows = [len(scored.labels), *(scored.slice_rows[gate.slice_by] if gate.slice_by else [])]
     candidate = evaluation.metric_by_slice(gate.metric, scored.labels, scored.candidate, codes, len(values))
     baseline = (
         evaluation.metric_by_slice(gate.metric, scored.labels, scored.champion, codes, len(values))

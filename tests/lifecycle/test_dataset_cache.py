@@ -85,6 +85,25 @@ def test_a_dataset_is_parsed_once_and_read_back_with_the_same_rows(cache, parses
     codes, values = second[3]["country"]
     assert values == sorted(frame["country"].unique())
     assert (np.asarray(values)[codes] == frame["country"].to_numpy()).all()
+    with dataset_cache.decoded(datasets[fmt], label="y", slice_columns=["country"]) as data:
+        assert data.slice_rows["country"] == [int((frame["country"] == v).sum()) for v in values]
+
+
+def test_a_worker_process_keeps_its_mapping_until_the_entry_changes(cache, parses, datasets):
+    def mapped():
+        with dataset_cache.decoded(datasets["csv"], label="y", slice_columns=["country"]) as data:
+            return data
+
+    first, second = mapped(), mapped()
+    # The same arrays: the second evaluation neither maps the files again nor faults their pages in.
+    assert second.features is first.features and second.from_cache and not first.from_cache
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    for path in entry.iterdir():  # another worker evicted the entry, and it was built again
+        path.unlink()
+    entry.rmdir()
+    third = mapped()
+    assert parses == ["csv", "csv"] and third.features is not first.features
+    assert (np.asarray(third.features) == np.asarray(first.features)).all()
 
 
 def test_other_columns_make_another_entry(cache, parses, datasets):

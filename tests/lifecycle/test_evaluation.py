@@ -95,4 +95,21 @@ def test_two_column_outputs_pick_the_class_argmax_would_nan_and_ties_included():
     outputs[::7, 0] = np.nan
     outputs[::11, 1] = np.nan
     outputs[::13] = 0.5
+    outputs[::17] = [np.inf, np.inf]
+    outputs[5::17] = [-np.inf, 1.0]
     assert (evaluation.classes(outputs) == outputs.argmax(axis=1)).all()
+    finite = np.nan_to_num(outputs, nan=0.25, posinf=0.75, neginf=0.0)  # the quick path, ties kept
+    assert (evaluation.classes(finite) == finite.argmax(axis=1)).all()
+    assert evaluation.classes(finite).dtype == np.int64
+
+
+def test_a_model_that_answers_the_wrong_number_of_rows_is_an_evaluation_error():
+    class Short:
+        signature = None
+
+        def predict(self, batch):
+            return np.zeros((len(batch) - 1, 2), np.float32)
+
+    Short.signature = type("S", (), {"inputs": []})()
+    with pytest.raises(evaluation.EvaluationError, match=r"answered \[9, 2\] for 10 rows"):
+        evaluation.predict_batched(Short(), np.zeros((10, 3), np.float32), batch_rows=10)

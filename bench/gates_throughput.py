@@ -16,7 +16,9 @@ broker is ``memory://``, so no server is needed.
    ``lifecycle.gates.gates_evaluate(version)`` end to end: model load, dataset read, predictions and
    metrics per slice. The first evaluation of each dataset parses it and fills the dataset cache
    (``lifecycle.dataset_cache``, in the temporary directory); it is timed apart, and the later runs
-   read the cache, as every evaluation after a host's first does.
+   read the cache, as every evaluation after a host's first does. Then, from an empty cache again,
+   the warm-up a policy write has a gates worker run (``lifecycle.gates.datasets_warm``) is timed,
+   and the first push after it.
 4. Baseline: the same rows loaded into one float32 numpy array beforehand (not timed), then a bare
    loop of ``session.run`` over batches of 4096 rows, with the thread settings of
    ``lifecycle.runtimes.OnnxRuntime`` (intra-op threads chosen by onnxruntime, one inter-op thread);
@@ -302,7 +304,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     setup_django(tmp, args.modelgate_dir.resolve())
     from django.contrib.auth import get_user_model
 
-    from lifecycle import evaluation, runtimes
+    from lifecycle import dataset_cache, evaluation, gates, runtimes
     from lifecycle.policy import policy_parse, policy_validate
     from registry import services
     from registry.models import ModelVersion
@@ -372,6 +374,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
     gate_runs: dict[str, list] = {fmt: [] for fmt in args.formats}
     errors: dict[str, str] = {}
     first_runs: dict[str, tuple[float, float]] = {}
+    warm_runs: dict[str, tuple[float, float, float]] = {}
     for fmt in args.formats:
         # The first evaluation on a worker host parses the file and fills the dataset cache; it is
         # timed apart (against a bare loop run just before it), and every later run reads the cache.
@@ -380,6 +383,19 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         bare = bare_loop(session, x)
         wall, _cpu, _ = time_gates(version.pk)
         first_runs[fmt] = (wall, bare[0] / wall)
+    for fmt in args.formats:
+        # As in service: writing the policy has a gates worker decode its dataset
+        # (pipeline.policy_written), timed from an empty cache, and the first push then reads it decoded.
+        log(f"bench-{fmt} again from an empty cache: the policy write's warm-up, then the first push")
+        use(fmt)
+        shutil.rmtree(dataset_cache.cache_dir(), ignore_errors=True)
+        dataset_cache._mapped.clear()
+        started = time.perf_counter()
+        gates.datasets_warm(policy_parse(model.policy))
+        warm = time.perf_counter() - started
+        bare = bare_loop(session, x)
+        wall, _cpu, _ = time_gates(version.pk)
+        warm_runs[fmt] = (warm, wall, bare[0] / wall)
     for i in range(args.repeat):
         log(f"run {i + 1}/{args.repeat}: bare loop, then gates_evaluate on {', '.join(args.formats)}")
         base_runs.append(bare_loop(session, x))
@@ -408,6 +424,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
             continue
         runs = gate_runs[fmt]
         entry["first_s"], entry["first_ratio"] = first_runs[fmt]
+        entry["warm_s"], entry["after_warm_s"], entry["after_warm_ratio"] = warm_runs[fmt]
         entry["runs_s"] = [round(t, 4) for t, _, _ in runs]
         entry["bare_runs_s"] = [round(t, 4) for t, _ in base_runs]
         entry["total_s"] = statistics.median(t for t, _, _ in runs)
@@ -487,6 +504,14 @@ def render(report: dict) -> str:
             f"{entry['first_s']:.2f} | {rows / entry['first_s']:,.0f} | {entry['first_ratio']:.2f}x | |"
         )
         lines.append(
+            f"| the policy write's warm-up on a gates worker, {fmt} (parses, fills the cache) | "
+            f"{entry['warm_s']:.2f} | | | |"
+        )
+        lines.append(
+            f"| gates_evaluate, {fmt}, the first push after that warm-up | "
+            f"{entry['after_warm_s']:.3f} | {rows / entry['after_warm_s']:,.0f} | {entry['after_warm_ratio']:.2f}x | |"
+        )
+        lines.append(
             f"| gates_evaluate, {fmt} ({report['file_mb'][fmt]} MB), later evaluations (cache) | "
             f"{entry['total_s']:.3f} | "
             f"{rows / entry['total_s']:,.0f} | **{entry['ratio']:.2f}x** | {entry['total_cpu_s']:.2f} |"
@@ -524,7 +549,8 @@ def render(report: dict) -> str:
         verdict = "meets" if ratio >= GOAL else "misses"
         lines.append(
             f"{fmt}: {ratio:.2f}x the bare loop once the dataset is decoded, {verdict} the goal of {GOAL}x "
-            f"(first evaluation: {entry['first_ratio']:.2f}x; against the loop at the gate's own batch "
+            f"(first push after the policy's warm-up: {entry['after_warm_ratio']:.2f}x; first evaluation "
+            f"on a host without one: {entry['first_ratio']:.2f}x; against the loop at the gate's own batch "
             f"size: {entry['same_batch_ratio']:.2f}x)"
         )
     for fmt, entry in report["formats"].items():

@@ -32,6 +32,7 @@ app.conf.update(
     task_default_queue="pipeline",
     task_routes={
         "workers.tasks.run_gates": {"queue": "gates"},
+        "workers.tasks.warm_datasets": {"queue": "gates"},
         "workers.tasks.reconcile_pipeline": {"queue": "pipeline"},
         "workers.exports.*": {"queue": "exports"},
         "workers.approvals.*": {"queue": "pipeline"},

@@ -281,14 +281,26 @@ def _dataset_for(gate: Any) -> Dataset | None:
     return found.order_by("-version").first()
 
 
+def _slice_columns(group: list[Any]) -> list[str]:
+    return sorted({g.slice_by for g in group if g.slice_by})
+
+
+def _groups(gates: list[tuple[int, Any]]) -> dict[tuple, list[tuple[int, Any]]]:
+    """Dataset gates by (dataset, version, label, features): each group is one pass over its data."""
+    groups: dict[tuple, list[tuple[int, Any]]] = {}
+    for index, gate in gates:
+        key = (gate.dataset, gate.dataset_version, gate.label, tuple(gate.features or ()))
+        groups.setdefault(key, []).append((index, gate))
+    return groups
+
+
 def _score(
     dataset: Dataset, group: list[Any], model: runtimes.Runtime, champion: runtimes.Runtime | None
 ) -> _Scored:
     """Decode the dataset once (or find it decoded) and run both models on every row."""
     gate = group[0]
-    slice_columns = sorted({g.slice_by for g in group if g.slice_by})
     with dataset_cache.decoded(
-        dataset, label=gate.label, features=gate.features, slice_columns=slice_columns
+        dataset, label=gate.label, features=gate.features, slice_columns=_slice_columns(group)
     ) as data:
         candidate = evaluation.predict_batched(model, data.features)
         baseline = evaluation.predict_batched(champion, data.features) if champion is not None else None
@@ -378,10 +390,7 @@ def _dataset_gates(
     """Every metric and no_regression gate, one pass over the data per (dataset, label, features)."""
     outcomes: list[GateOutcome] = []
     used: set[int] = set()
-    groups: dict[tuple, list[tuple[int, Any]]] = {}
-    for index, gate in gates:
-        key = (gate.dataset, gate.dataset_version, gate.label, tuple(gate.features or ()))
-        groups.setdefault(key, []).append((index, gate))
+    groups = _groups(gates)
     champion_model, champion_error = None, ""
     if (
         ctx.champion is not None
@@ -510,6 +519,32 @@ def gates_evaluate(version: ModelVersion) -> Evaluation:
         runtime=model.name if model is not None else "",
         datasets=sorted(used),
     )
+
+
+def datasets_warm(policy: Policy) -> int:
+    """Decode every dataset the policy's gates score on into this host's dataset cache, so that the
+    first push after a policy is written does not wait for the parsing; how many are decoded now.
+
+    Nothing is judged or written. A dataset that is missing, purged or does not fit its gate is left
+    alone: the gate rejects with that reason when a version is scored.
+    """
+    if not dataset_cache.cache_limit_bytes():
+        return 0
+    decoded = 0
+    for members in _groups([(i, g) for i, g in enumerate(policy.gates) if g.kind in DATASET_GATES]).values():
+        gate = members[0][1]
+        dataset = _dataset_for(gate)
+        if dataset is None:
+            continue
+        group = [g for _, g in members]
+        try:
+            with dataset_cache.decoded(
+                dataset, label=gate.label, features=gate.features, slice_columns=_slice_columns(group)
+            ) as data:
+                decoded += not data.from_cache
+        except (FileNotFoundError, evaluation.EvaluationError) as exc:
+            log.info("dataset %s is not decoded ahead of the gates: %s", dataset, exc)
+    return decoded
 
 
 def rejection_reason(failed: list[GateOutcome]) -> str:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 GATES_ACTOR = "system:gates"
 RUN_GATES = "workers.tasks.run_gates"
+WARM_DATASETS = "workers.tasks.warm_datasets"
 START_EXPORTS = "workers.exports.start_exports"
 
 
@@ -203,6 +204,21 @@ def validation_finish(*, version_id: int, attempt: int, evaluation: gates.Evalua
         data={"stage": "shadow", "reason": skipped},
     )
     return approval.await_approval(version_id=version.pk, actor=GATES_ACTOR, reason=skipped)
+
+
+def policy_written(model) -> None:
+    """A model's policy was created or changed: have a gates worker decode the datasets it scores
+    on now, so that the next push reads them decoded instead of parsing them while CI waits."""
+    if any(gate.kind in gates.DATASET_GATES for gate in policy_parse(model.policy).gates):
+        enqueue_on_commit(WARM_DATASETS, model.pk)
+
+
+def datasets_warm(model_id: int) -> int:
+    """The gates worker's side of ``policy_written``: decode the model's datasets into this host's cache."""
+    from registry.models import RegisteredModel
+
+    model = RegisteredModel.objects.filter(pk=model_id).first()
+    return gates.datasets_warm(policy_parse(model.policy)) if model is not None else 0
 
 
 def validation_run(version_id: int) -> ModelVersion | None:

@@ -21,6 +21,17 @@ def run_gates(version_id: int) -> None:
         pipeline.validation_run(version_id)
 
 
+@shared_task(
+    name="workers.tasks.warm_datasets",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    time_limit=settings.MODELGATE_GATE_TIME_LIMIT,
+    soft_time_limit=max(settings.MODELGATE_GATE_TIME_LIMIT - 30, 30),
+)
+def warm_datasets(model_id: int) -> None:
+    pipeline.datasets_warm(model_id)
+
+
 @shared_task(name="workers.tasks.reconcile_pipeline", ignore_result=True)
 def reconcile_pipeline() -> None:
     pipeline.pipeline_reconcile()

@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from lifecycle.pipeline import version_push, version_revalidate
+from lifecycle.pipeline import policy_written, version_push, version_revalidate
 from lifecycle.policy import policy_validate
 from registry import direct_uploads, selectors, services
 from registry.api import serializers as s
@@ -118,6 +118,7 @@ class ModelListView(APIView):
             policy=policy,
             actor=request.user,
         )
+        policy_written(model)
         return _model_response(model, status.HTTP_201_CREATED, new=True)
 
 
@@ -148,6 +149,7 @@ class ModelPolicyView(APIView):
         model = services.model_policy_set(
             model=model, actor=request.user, policy=policy_validate(request.data)
         )
+        policy_written(model)
         return Response(model.policy)
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lifecycle import dataset_cache, evaluation
+from lifecycle import dataset_cache, evaluation, gates
+from lifecycle.policy import policy_parse, policy_validate
 from registry.services import Upload, dataset_register
 from registry.storage import blob_delete
 from tests.country import FEATURES, country_frame, write_formats
@@ -204,3 +205,58 @@ def test_two_workers_building_one_entry_at_once_both_get_whole_rows(cache, datas
         assert features.shape == (1000, 4) and (labels == frame["y"].to_numpy()).all()
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
     assert [p for p in cache.iterdir() if p.name.startswith(".building-")] == []
+
+
+def test_a_policy_decodes_its_datasets_ahead_one_entry_per_pass(cache, parses, datasets, settings):
+    gate = {"dataset": "holdout-csv", "label": "y"}
+    policy = policy_parse(
+        policy_validate(
+            {
+                "gates": [
+                    {**gate, "kind": "metric", "metric": "recall", "slice_by": "country", "min": 0.5},
+                    {**gate, "kind": "no_regression", "metric": "accuracy", "max_drop": 0.1},
+                    {
+                        "kind": "metric",
+                        "metric": "accuracy",
+                        "dataset": "holdout-parquet",
+                        "label": "y",
+                        "min": 0.5,
+                    },
+                    {"kind": "loads"},
+                ]
+            }
+        )
+    )
+    assert gates.datasets_warm(policy) == 2  # the two csv gates share one pass (and one entry)
+    assert gates.datasets_warm(policy) == 0  # already decoded
+    assert sorted(parses) == ["csv", "parquet"]
+    # What the first push's gates then read: the entry the warm-up wrote, no parsing.
+    with dataset_cache.decoded(datasets["csv"], label="y", slice_columns=["country"]) as data:
+        assert data.from_cache
+    assert sorted(parses) == ["csv", "parquet"]
+
+    blob_delete(datasets["npz"].artifact_key)
+    purged = policy_parse(
+        policy_validate(
+            {
+                "gates": [
+                    {
+                        "kind": "metric",
+                        "metric": "accuracy",
+                        "dataset": "holdout-npz",
+                        "label": "y",
+                        "min": 0.5,
+                    }
+                ]
+            }
+        )
+    )
+    assert gates.datasets_warm(purged) == 0  # left to the gate, which rejects with the reason
+    settings.MODELGATE_DATASET_CACHE_MB = 0
+    assert (
+        gates.datasets_warm(
+            policy_parse(policy_validate({"gates": [{**gate, "kind": "metric", "metric": "f1", "min": 0.5}]}))
+        )
+        == 0
+    )
+    assert sorted(parses) == ["csv", "parquet"]  # with the cache off, nothing is decoded ahead

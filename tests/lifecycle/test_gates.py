@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,24 @@ def test_a_model_bad_on_one_country_is_rejected_by_a_sliced_gate_naming_it(
     assert others.count() == 4 and all(r.passed for r in others)
     # The scored dataset joins the lineage with the role "validation".
     assert VersionDataset.objects.filter(version=version, dataset=holdout, role="validation").exists()
+
+
+def test_writing_a_policy_has_a_gates_worker_decode_its_dataset_before_any_push(
+    fresh_workers, fraud_model, owner, holdout, tmp_path
+):
+    cache = tmp_path / "worker-dataset-cache"
+    fresh_workers.start(queues="gates", extra_env={"MODELGATE_DATASET_CACHE_DIR": str(cache)})
+
+    set_policy(owner, {"gates": [{"kind": "loads"}, RECALL_BY_COUNTRY]})
+
+    deadline = time.monotonic() + 60
+    while not list(cache.glob("*/meta.json")):
+        assert time.monotonic() < deadline, "no gates worker decoded the policy's dataset"
+        time.sleep(0.2)
+    (meta,) = cache.glob("*/meta.json")
+    decoded = json.loads(meta.read_text())
+    assert decoded["dataset"] == f"holdout:{holdout.version}" and decoded["slice_columns"] == ["country"]
+    assert decoded["rows"] == 2000 and sum(decoded["slice_rows"]["country"]) == 2000
 
 
 def test_the_same_model_without_the_slice_gate_passes(

@@ -383,13 +383,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict:
         bare = bare_loop(session, x)
         wall, _cpu, _ = time_gates(version.pk)
         first_runs[fmt] = (wall, bare[0] / wall)
+    # As in service: writing the policy has a gates worker decode its dataset (pipeline.policy_written),
+    # timed from an empty cache, and the first push then reads it decoded.
+    shutil.rmtree(dataset_cache.cache_dir(), ignore_errors=True)
+    dataset_cache._mapped.clear()
     for fmt in args.formats:
-        # As in service: writing the policy has a gates worker decode its dataset
-        # (pipeline.policy_written), timed from an empty cache, and the first push then reads it decoded.
         log(f"bench-{fmt} again from an empty cache: the policy write's warm-up, then the first push")
         use(fmt)
-        shutil.rmtree(dataset_cache.cache_dir(), ignore_errors=True)
-        dataset_cache._mapped.clear()
         started = time.perf_counter()
         gates.datasets_warm(policy_parse(model.policy))
         warm = time.perf_counter() - started

@@ -534,8 +534,8 @@ def datasets_warm(policy: Policy) -> int:
     for members in _groups([(i, g) for i, g in enumerate(policy.gates) if g.kind in DATASET_GATES]).values():
         gate = members[0][1]
         dataset = _dataset_for(gate)
-        if dataset is None:
-            continue
+        if dataset is None or dataset.size > dataset_cache.cache_limit_bytes():
+            continue  # a file bigger than the cache is decoded but not kept: no use doing it ahead
         group = [g for _, g in members]
         try:
             with dataset_cache.decoded(

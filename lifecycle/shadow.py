@@ -207,9 +207,12 @@ def _run(model: Any, inputs: Any) -> np.ndarray:
 
 
 def _predict(model: Any, records: list[dict]) -> tuple[np.ndarray | None, list[str]]:
-    """Outputs for every row of these records; on a failing batch, record by record (errors named)."""
+    """Outputs for every row of these records; for a batch that fails, or is answered with another
+    number of rows, record by record (errors named)."""
     try:
-        return _run(model, _stack(records)), []
+        whole = _run(model, _stack(records))
+        if len(whole) == sum(r["rows"] for r in records) or len(records) == 1:
+            return whole, []
     except Exception:
         if len(records) == 1:
             raise
@@ -267,7 +270,9 @@ def _whole(batch: Batch, cand: Any, champ: Any) -> tuple[np.ndarray, np.ndarray]
         b = batch.served.reshape(len(batch.served), -1) if batch.reuse else _run(champ, batch.inputs)
     except Exception:
         return None
-    return (c, b) if c.shape == b.shape else None
+    # A model that answers another number of rows than it was given goes down the per-record path,
+    # where the records it answers wrongly are named.
+    return (c, b) if c.shape == b.shape and len(c) == int(batch.rows) else None
 
 
 def _judge(batch: Batch, cand: Any, champ: Any, baseline_id: int, classifier: bool, tol: float) -> Judged:
@@ -283,12 +288,16 @@ def _judge(batch: Batch, cand: Any, champ: Any, baseline_id: int, classifier: bo
         if cand_parts[i] is not None
         and champ_parts[i] is not None
         and cand_parts[i].shape == champ_parts[i].shape
+        and len(cand_parts[i]) == records[i]["rows"]
     ]
     kept = set(keep)
     for i in range(len(records)):
         if i not in kept and cand_parts[i] is not None:
             errors.append(
                 f"request {records[i]['request_id']}: the candidate's output shape differs from the champion's"
+                if len(cand_parts[i]) == records[i]["rows"]
+                else f"request {records[i]['request_id']}: a model answered {len(cand_parts[i])} rows "
+                f"for {records[i]['rows']}"
             )
     if not keep:
         empty = np.zeros(0, np.float32)
@@ -559,12 +568,13 @@ class Batch:
     )
     inputs: Any = None  # every record's inputs in one array (or one per input name); None: they do not stack
     served: np.ndarray | None = None  # with reuse, the champion's answers in one array, when they stack
+    rows: int = 0  # rows in all the records
 
 
 def _prepared(run: ShadowRun, after: int, limit: int) -> Batch:
     """The next batch, read and stacked: on the reader's thread, this work overlaps with inference."""
     records, more = _batch(run, after, limit)
-    batch = Batch(records, more)
+    batch = Batch(records, more, rows=sum(r["rows"] for r in records))
     if not records:
         return batch
     reuse = {r["served_by_id"] == run.baseline_id and r["outputs"] is not None for r in records}
@@ -652,6 +662,8 @@ def shadow_evaluate(
             ShadowRun.objects.filter(pk=run_id).update(lease_expires_at=None)
             raise
         log.exception("shadow %s failed %s times; ending it", run_id, run.attempts)
+        # Batches folded since the last checkpoint are in ``run`` only: end the run with what was written.
+        run = ShadowRun.objects.select_related("candidate__model", "baseline").get(pk=run_id)
         return _fail(
             run, f"the shadow could not run after {run.attempts} attempts: {type(exc).__name__}: {exc}"
         )

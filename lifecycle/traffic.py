@@ -259,9 +259,9 @@ def _record(number: int, item: Any, model: RegisteredModel, signature: runtimes.
 
 
 def _analyze() -> None:
-    """Refresh PostgreSQL's statistics of the traffic table, in the upload's transaction (it counts
-    the new rows), before the shadows it wakes read the pool. Until autovacuum comes round, the planner
-    would guess that a handful of rows match a run's pool and sort all of it for every batch."""
+    """Refresh PostgreSQL's statistics of the traffic table before the shadows an upload wakes read
+    the pool. Until autovacuum comes round, the planner would guess that a handful of rows match a
+    run's pool and sort all of it for every batch."""
     from django.db import connection
 
     if connection.vendor == "postgresql":
@@ -299,7 +299,9 @@ def traffic_upload(*, model: RegisteredModel, stream: IO[bytes], filename: str, 
         with transaction.atomic():
             TrafficRecord.objects.bulk_create(records, batch_size=1000)
             if len(records) >= ANALYZE_AFTER_RECORDS:
-                _analyze()
+                # After the commit (its lock would otherwise serialise big uploads and cancel
+                # autovacuum), and before the shadows are woken: on_commit keeps this order.
+                transaction.on_commit(_analyze, robust=True)
             event_record(
                 kind=EventKind.TRAFFIC_UPLOADED,
                 actor=actor,

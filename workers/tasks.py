@@ -22,14 +22,16 @@ def run_gates(version_id: int) -> None:
 
 
 @shared_task(
+    # Only a head start: a warm-up lost with its worker (a dataset that does not fit the memory
+    # limit, say) is not redelivered; the first evaluation decodes instead, under its own limits.
     name="workers.tasks.warm_datasets",
-    acks_late=True,
-    reject_on_worker_lost=True,
+    acks_late=False,
     time_limit=settings.MODELGATE_GATE_TIME_LIMIT,
     soft_time_limit=max(settings.MODELGATE_GATE_TIME_LIMIT - 30, 30),
 )
 def warm_datasets(model_id: int) -> None:
-    pipeline.datasets_warm(model_id)
+    with model_limits():
+        pipeline.datasets_warm(model_id)
 
 
 @shared_task(name="workers.tasks.reconcile_pipeline", ignore_result=True)

@@ -252,6 +252,9 @@ def test_a_policy_decodes_its_datasets_ahead_one_entry_per_pass(cache, parses, d
         )
     )
     assert gates.datasets_warm(purged) == 0  # left to the gate, which rejects with the reason
+    settings.MODELGATE_DATASET_CACHE_MB = 0.01  # smaller than the file: it would not be kept
+    one = policy_parse(policy_validate({"gates": [{**gate, "kind": "metric", "metric": "f1", "min": 0.5}]}))
+    assert gates.datasets_warm(one) == 0
     settings.MODELGATE_DATASET_CACHE_MB = 0
     assert (
         gates.datasets_warm(

@@ -487,3 +487,30 @@ def test_batches_of_many_row_records_are_cut_by_rows_read_ahead_and_each_record_
     assert slices["US"]["rows"] == sum(sizes[i] for i in with_metadata if i % 3)
     if batches:  # this process folded (not a shared worker): its batches kept to the row bound
         assert max(batches) < 100 + 13 and len(batches) > 300 // 40
+
+
+def test_a_model_answering_the_wrong_number_of_rows_is_an_error_per_request_not_a_crash():
+    class OneRow:  # answers one row whatever it is given
+        def predict(self, inputs):
+            return np.zeros((1, 2), np.float32)
+
+    records = [
+        {
+            "id": i,
+            "request_id": f"r{i}",
+            "inputs": np.ones((3, 4), np.float32).tobytes(),
+            "input_layout": '[["", "<f4", [3, 4]]]',
+            "rows": 3,
+            "outputs": None,
+            "output_layout": "",
+            "served_by_id": None,
+            "metadata": {},
+        }
+        for i in range(4)
+    ]
+    batch = shadow.Batch(records, False, reuse=False, inputs=shadow._stack(records), rows=12)
+
+    judged = shadow._judge(batch, OneRow(), OneRow(), baseline_id=1, classifier=True, tol=0.01)
+
+    assert judged.rows == 0
+    assert judged.errors == [f"request r{i}: a model answered 1 rows for 3" for i in range(4)]

@@ -281,8 +281,13 @@ def _dataset_for(gate: Any) -> Dataset | None:
     return found.order_by("-version").first()
 
 
-def _slice_columns(group: list[Any]) -> list[str]:
-    return sorted({g.slice_by for g in group if g.slice_by})
+def _decoded(dataset: Dataset, group: list[Any]):
+    """The dataset as a group of gates reads it: their label, features and every slice column."""
+    gate = group[0]
+    slice_columns = sorted({g.slice_by for g in group if g.slice_by})
+    return dataset_cache.decoded(
+        dataset, label=gate.label, features=gate.features, slice_columns=slice_columns
+    )
 
 
 def _groups(gates: list[tuple[int, Any]]) -> dict[tuple, list[tuple[int, Any]]]:
@@ -298,10 +303,7 @@ def _score(
     dataset: Dataset, group: list[Any], model: runtimes.Runtime, champion: runtimes.Runtime | None
 ) -> _Scored:
     """Decode the dataset once (or find it decoded) and run both models on every row."""
-    gate = group[0]
-    with dataset_cache.decoded(
-        dataset, label=gate.label, features=gate.features, slice_columns=_slice_columns(group)
-    ) as data:
+    with _decoded(dataset, group) as data:
         candidate = evaluation.predict_batched(model, data.features)
         baseline = evaluation.predict_batched(champion, data.features) if champion is not None else None
         # The arrays stay memory-mapped after this block: a mapped file that is evicted (or was a
@@ -528,19 +530,14 @@ def datasets_warm(policy: Policy) -> int:
     Nothing is judged or written. A dataset that is missing, purged or does not fit its gate is left
     alone: the gate rejects with that reason when a version is scored.
     """
-    if not dataset_cache.cache_limit_bytes():
-        return 0
+    limit = dataset_cache.cache_limit_bytes()
     decoded = 0
     for members in _groups([(i, g) for i, g in enumerate(policy.gates) if g.kind in DATASET_GATES]).values():
-        gate = members[0][1]
-        dataset = _dataset_for(gate)
-        if dataset is None or dataset.size > dataset_cache.cache_limit_bytes():
-            continue  # a file bigger than the cache is decoded but not kept: no use doing it ahead
-        group = [g for _, g in members]
+        dataset = _dataset_for(members[0][1])
+        if dataset is None or dataset.size > limit:
+            continue  # with the cache off, or a file bigger than it, nothing would be kept
         try:
-            with dataset_cache.decoded(
-                dataset, label=gate.label, features=gate.features, slice_columns=_slice_columns(group)
-            ) as data:
+            with _decoded(dataset, [g for _, g in members]) as data:
                 decoded += not data.from_cache
         except (FileNotFoundError, evaluation.EvaluationError) as exc:
             log.info("dataset %s is not decoded ahead of the gates: %s", dataset, exc)

@@ -15,9 +15,14 @@ the worker, and two workers never fold the same records.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import functools
+import itertools
 import json
 import logging
+import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +69,7 @@ FIELDS = (
     "served_by_id",
     "metadata",
 )
+READER_SWITCH_INTERVAL = 0.0002  # seconds; see _Reader
 RESERVOIR = 2000  # values kept per distribution; quantiles and KS are exact up to this many rows
 PROBES_PER_BATCH = 16  # single-request latency probes of both models per full batch (fewer in a smaller one)
 TIMELINE_POINTS = 200
@@ -276,11 +282,11 @@ def _whole(batch: Batch, cand: Any, champ: Any) -> tuple[np.ndarray, np.ndarray]
 
 
 def _judge(batch: Batch, cand: Any, champ: Any, baseline_id: int, classifier: bool, tol: float) -> Judged:
-    records = batch.records
     whole = _whole(batch, cand, champ)
     if whole is not None:
         c, b = whole
-        return _judged(c, b, classifier, tol, records, [])
+        return _judged(c, b, classifier, tol, batch.columns["rows"], batch.columns["metadata"], [])
+    records = batch.records
     cand_parts, champ_parts, errors = _outputs(records, cand, champ, baseline_id)
     keep = [
         i
@@ -304,7 +310,8 @@ def _judge(batch: Batch, cand: Any, champ: Any, baseline_id: int, classifier: bo
         return Judged(0, empty.astype(bool), empty, empty, empty, np.zeros(0, np.int64), [], errors)
     c = np.concatenate([cand_parts[i] for i in keep])
     b = np.concatenate([champ_parts[i] for i in keep])
-    return _judged(c, b, classifier, tol, [records[i] for i in keep], errors)
+    kept_rows = [records[i]["rows"] for i in keep]
+    return _judged(c, b, classifier, tol, kept_rows, [records[i]["metadata"] for i in keep], errors)
 
 
 def _judged(
@@ -312,10 +319,12 @@ def _judged(
     b: np.ndarray,
     classifier: bool,
     tol: float,
-    records: list[dict],
+    rows: list[int],
+    metadata: list[dict],
     errors: list[str],
 ) -> Judged:
-    """Compare row-aligned outputs of the ``records`` (in order): agreement, differences, scores."""
+    """Compare row-aligned outputs of records (in order; ``rows`` and ``metadata`` per record): agreement,
+    differences, scores."""
     diff = np.abs(c - b)
     agreed = evaluation.classes(c) == evaluation.classes(b) if classifier else _row_max(diff) <= tol
     return Judged(
@@ -324,8 +333,8 @@ def _judged(
         diffs=_row_max(diff),
         cand_scores=_score(c),
         champ_scores=_score(b),
-        ends=np.cumsum(np.fromiter((r["rows"] for r in records), np.int64, len(records))),
-        sliced=[(i, r["metadata"]) for i, r in enumerate(records) if r["metadata"]],
+        ends=np.cumsum(np.asarray(rows, np.int64)),
+        sliced=[(i, m) for i, m in enumerate(metadata) if m],
         errors=errors,
     )
 
@@ -354,11 +363,12 @@ def _reservoir(stats: dict, columns: dict[str, np.ndarray], seen: int, rng: np.r
     rest = len(values[0]) - room
     slots: list[int] = []
     if rest > 0:
-        # The i-th later row replaces a random slot with probability RESERVOIR / (its position); of
-        # later rows drawn for one slot, the last one stays.
-        positions = rng.integers(0, seen + room + np.arange(1, rest + 1))
-        hit = np.flatnonzero(positions < RESERVOIR)
-        slots = positions[hit].tolist()
+        # The i-th later row replaces a slot with probability RESERVOIR / (its position), a slot drawn
+        # uniformly; of later rows drawn for one slot, the last one stays. One float per row, and
+        # slots drawn for the hits only: half the cost of drawing every row's position.
+        positions = seen + room + np.arange(1, rest + 1, dtype=np.float64)
+        hit = np.flatnonzero(rng.random(rest) * positions < RESERVOIR)
+        slots = rng.integers(0, RESERVOIR, len(hit)).tolist()
     for sample, column in zip(kept, values, strict=True):
         sample.extend(_rounded(column[:room]))
         if slots:
@@ -366,12 +376,12 @@ def _reservoir(stats: dict, columns: dict[str, np.ndarray], seen: int, rng: np.r
                 sample[slot] = value
 
 
-def _probe(records: list[dict], cand: Any, champ: Any) -> tuple[list[float], list[float]]:
+def _probe(batch: Batch, cand: Any, champ: Any) -> tuple[list[float], list[float]]:
     """Single-request latency of both models on the same records, measured the same way, interleaved."""
     cand_ms, champ_ms = [], []
-    probes = max(1, min(PROBES_PER_BATCH, -(-PROBES_PER_BATCH * len(records) // BATCH_RECORDS)))
-    step = max(1, len(records) // probes)
-    sample = records[::step][:probes]
+    probes = max(1, min(PROBES_PER_BATCH, -(-PROBES_PER_BATCH * len(batch) // BATCH_RECORDS)))
+    step = max(1, len(batch) // probes)
+    sample = [batch.record(i) for i in range(0, len(batch), step)][:probes]
     for model in (cand, champ):  # warm both up on this shape: the first run allocates
         try:
             model.predict(_stack(sample[:1]))
@@ -390,49 +400,54 @@ def _probe(records: list[dict], cand: Any, champ: Any) -> tuple[list[float], lis
 
 
 def _fold(run: ShadowRun, batch: Batch, cand: Any, champ: Any, policy: Policy) -> None:
-    stats, records = run.stats, batch.records
+    stats = run.stats
     if "classifier" not in stats:
-        stats["classifier"] = is_classifier(policy, _first(champ.predict(_stack(records[:1]))))
+        stats["classifier"] = is_classifier(policy, _first(champ.predict(_stack([batch.record(0)]))))
     judged = _judge(batch, cand, champ, run.baseline_id, stats["classifier"], policy.shadow.tolerance)
     rng = np.random.default_rng(run.pk * 1_000_003 + run.rows)
     seen = int(stats.get("seen", 0))
     columns = {"diffs": judged.diffs, "cand_scores": judged.cand_scores, "champ_scores": judged.champ_scores}
     _reservoir(stats, columns, seen, rng)
     stats["seen"] = seen + judged.rows
-    cand_ms, champ_ms = _probe(records, cand, champ)
+    cand_ms, champ_ms = _probe(batch, cand, champ)
     probes = int(stats.get("probes", 0))
     _reservoir(stats, {"cand_ms": np.asarray(cand_ms)}, probes, rng)
     _reservoir(stats, {"champ_ms": np.asarray(champ_ms)}, probes, rng)
     stats["probes"] = probes + min(len(cand_ms), len(champ_ms))
-    # agreed_by[k]: how many of this batch's first k rows agree.
-    agreed_by = np.concatenate([[0], np.cumsum(judged.agreed)]).tolist()
-    ends = judged.ends.tolist()
-    stats["agreed"] = int(stats.get("agreed", 0)) + agreed_by[-1]
+    # agreed_by[k]: how many of this batch's first k rows agree; read at record ends only (a list of
+    # every row's count cost more than the rest of the statistics).
+    agreed_by = np.concatenate([[0], np.cumsum(judged.agreed, dtype=np.int64)])
+    ends, n = judged.ends, len(judged.ends)
+    stats["agreed"] = int(stats.get("agreed", 0)) + int(agreed_by[-1])
     stats["diff_sum"] = float(stats.get("diff_sum", 0.0)) + float(judged.diffs.sum())
     stats["diff_max"] = max(float(stats.get("diff_max", 0.0)), float(judged.diffs.max(initial=0.0)))
     slices = stats.setdefault("slices", {})
-    for i, metadata in judged.sliced:
-        lo, hi = ends[i - 1] if i else 0, ends[i]
-        agreed = agreed_by[hi] - agreed_by[lo]
-        for field_name, value in metadata.items():
-            cell = slices.setdefault(str(field_name), {}).setdefault(str(value), [0, 0])
-            cell[0] += hi - lo
-            cell[1] += agreed
+    if judged.sliced:
+        at_record = np.fromiter((i for i, _ in judged.sliced), np.int64, len(judged.sliced))
+        his = ends[at_record]
+        los = np.where(at_record > 0, ends[np.maximum(at_record - 1, 0)], 0)
+        counts, agreed = (his - los).tolist(), (agreed_by[his] - agreed_by[los]).tolist()
+        for (_, metadata), rows_in, agreed_in in zip(judged.sliced, counts, agreed, strict=True):
+            for field_name, value in metadata.items():
+                cell = slices.setdefault(str(field_name), {}).setdefault(str(value), [0, 0])
+                cell[0] += rows_in
+                cell[1] += agreed_in
     if judged.errors:
         stats["error_samples"] = (stats.get("error_samples", []) + judged.errors)[:5]
     # Agreement over time: the running agreement at a few record boundaries of this batch.
     timeline = stats.setdefault("timeline", [])
-    at, agreed_before = timezone.now().isoformat(), stats["agreed"] - agreed_by[-1]
-    step = max(1, len(ends) // 10)
-    for i in [*range(step - 1, len(ends), step)][:10] + ([len(ends) - 1] if ends else []):
-        end = ends[i]
-        seen_rows = run.rows + end
-        point = [at, run.requests + i + 1, round((agreed_before + agreed_by[end]) / seen_rows, 6)]
+    at, agreed_before = timezone.now().isoformat(), stats["agreed"] - int(agreed_by[-1])
+    step = max(1, n // 10)
+    points = [*range(step - 1, n, step)][:10] + ([n - 1] if n else [])
+    point_ends = ends[points].tolist() if points else []
+    point_agreed = agreed_by[point_ends].tolist() if points else []
+    for i, end, agreed_to in zip(points, point_ends, point_agreed, strict=True):
+        point = [at, run.requests + i + 1, round((agreed_before + agreed_to) / (run.rows + end), 6)]
         if not timeline or timeline[-1][1] != point[1]:
             timeline.append(point)
     while len(timeline) > TIMELINE_POINTS:
         timeline[:] = timeline[::2] if len(timeline) % 2 else [*timeline[:-1:2], timeline[-1]]
-    run.requests += len(records)
+    run.requests += len(batch)
     run.rows += judged.rows
     run.errors += len(judged.errors)
 
@@ -503,24 +518,37 @@ def _pool(run: ShadowRun):
     return TrafficRecord.objects.filter(model_id=run.candidate.model_id, at__gte=run.since)
 
 
-def _batch_sql() -> str:
+def _batch_sql(vendor: str) -> str:
+    """The next records of the pool. On PostgreSQL the two layouts come back NULL where they equal the
+    ones given (those of the batch before: one model's traffic nearly always has one layout), and the
+    metadata NULL where it is empty: formatting those per row was a third of the reading."""
     table = TrafficRecord._meta.db_table
-    columns = ", ".join(f"CAST({f} AS TEXT)" if f == "metadata" else f for f in FIELDS)
+    postgres = {
+        "input_layout": "NULLIF(input_layout, %s)",
+        "output_layout": "NULLIF(output_layout, %s)",
+        "metadata": "CAST(NULLIF(metadata, '{}'::jsonb) AS TEXT)",
+    }
+    portable = {"metadata": "CAST(metadata AS TEXT)"}
+    columns = ", ".join((postgres if vendor == "postgresql" else portable).get(f, f) for f in FIELDS)
     return f"SELECT {columns} FROM {table} WHERE model_id = %s AND at >= %s AND id > %s ORDER BY id LIMIT %s"
 
 
-BATCH_SQL = _batch_sql()
+BATCH_SQL = {vendor: _batch_sql(vendor) for vendor in ("postgresql", "sqlite")}
+NO_LAYOUTS = ("", "")
 
 
-def _batch(run: ShadowRun, after: int, limit: int = 0) -> tuple[list[dict], bool]:
-    """The pool's next records after id ``after``, oldest first, and whether more may follow.
+def _batch(
+    run: ShadowRun, after: int, limit: int = 0, layouts: tuple[str, str] = NO_LAYOUTS
+) -> tuple[dict[str, list], bool]:
+    """The pool's next records after id ``after``, oldest first, as columns (``FIELDS``), and whether
+    more may follow. ``layouts``: the input and output layouts the records most likely have.
 
     At most ``limit`` records (``BATCH_RECORDS``) and, past the first, about as many rows as
-    ``BATCH_ROWS`` allows for that many records (100,000 for a full batch). Written out
-    rather than through the ORM's ``.values()``: its per-field converters and the JSON decoding of
-    every (nearly always empty) metadata took as long as the candidate's inference
-    (bench/serving_overhead.py --profile). Metadata is fetched as text and decoded only when it
-    holds something.
+    ``BATCH_ROWS`` allows for that many records (100,000 for a full batch). Written out, and kept in
+    columns rather than a dict per record: the ORM's ``.values()`` (its per-field converters, the
+    JSON decoding of every nearly always empty metadata), and then building a dict per record, each
+    cost as much CPU as the reading itself (bench/serving_overhead.py --profile), and the reader runs
+    on the core the models do not use. Metadata is decoded only where it holds something.
     """
     from django.db import connection
 
@@ -528,21 +556,24 @@ def _batch(run: ShadowRun, after: int, limit: int = 0) -> tuple[list[dict], bool
     max_rows = max(1, BATCH_ROWS * limit // BATCH_RECORDS)
     params = [run.candidate.model_id, connection.ops.adapt_datetimefield_value(run.since), after, limit]
     if connection.vendor == "postgresql":
-        rows = _fetch_binary(connection, params)
+        rows = _fetch_binary(connection, [*layouts, *params])
     else:
         with connection.cursor() as cursor:
-            cursor.execute(BATCH_SQL, params)
+            cursor.execute(BATCH_SQL["sqlite"], params)
             rows = cursor.fetchall()
-    records, total = [], 0
-    for row in rows:
-        record = dict(zip(FIELDS, row, strict=True))
-        metadata = record["metadata"]
-        record["metadata"] = json.loads(metadata) if metadata and metadata != "{}" else {}
-        records.append(record)
-        total += record["rows"]
-        if total >= max_rows and len(records) < len(rows):
-            return records, True
-    return records, len(rows) == limit
+    if not rows:
+        return {name: [] for name in FIELDS}, False
+    columns = dict(zip(FIELDS, map(list, zip(*rows, strict=True)), strict=True))
+    more = len(rows) == limit
+    # Records up to (and with) the one that reaches max_rows.
+    cut = bisect.bisect_left(list(itertools.accumulate(columns["rows"])), max_rows) + 1
+    if cut < len(rows):
+        columns, more = {name: column[:cut] for name, column in columns.items()}, True
+    for name, known in zip(("input_layout", "output_layout"), layouts, strict=True):
+        if None in columns[name]:
+            columns[name] = [known if layout is None else layout for layout in columns[name]]
+    columns["metadata"] = [json.loads(m) if m and m != "{}" else {} for m in columns["metadata"]]
+    return columns, more
 
 
 def _fetch_binary(connection: Any, params: list) -> list[tuple]:
@@ -553,39 +584,91 @@ def _fetch_binary(connection: Any, params: list) -> list[tuple]:
 
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(BATCH_SQL, params, binary=True, prepare=False)
+        cursor.execute(BATCH_SQL["postgresql"], params, binary=True, prepare=False)
         return cursor.fetchall()
 
 
-@dataclass
 class Batch:
-    """Records read for folding, with their arrays already stacked by the reader where they stack."""
+    """Records read for folding, in columns, with their arrays already stacked by the reader where they
+    stack."""
 
-    records: list[dict]
-    more: bool  # more records may follow
-    reuse: bool | None = (
-        None  # every record carries this champion's answer (True), none does (False), or mixed
-    )
-    inputs: Any = None  # every record's inputs in one array (or one per input name); None: they do not stack
-    served: np.ndarray | None = None  # with reuse, the champion's answers in one array, when they stack
-    rows: int = 0  # rows in all the records
+    def __init__(self, columns: dict[str, list], more: bool) -> None:
+        self.columns = columns
+        self.more = more  # more records may follow
+        # Every record carries this champion's answer (True), none does (False), or mixed (None).
+        self.reuse: bool | None = None
+        # Every record's inputs in one array (or one per input name); None: they do not stack.
+        self.inputs: Any = None
+        self.served: np.ndarray | None = None  # with reuse, the champion's answers in one array
+        self.rows = sum(columns["rows"])  # rows in all the records
+
+    @classmethod
+    def of(cls, records: list[dict], more: bool = False) -> Batch:
+        return cls({name: [r[name] for r in records] for name in FIELDS}, more)
+
+    def __len__(self) -> int:
+        return len(self.columns["id"])
+
+    def record(self, i: int) -> dict[str, Any]:
+        return {name: column[i] for name, column in self.columns.items()}
+
+    @functools.cached_property
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per record, for the batches that go record by record."""
+        return [dict(zip(FIELDS, values, strict=True)) for values in zip(*self.columns.values(), strict=True)]
+
+    @property
+    def last_id(self) -> int:
+        return self.columns["id"][-1]
+
+    @property
+    def layouts(self) -> tuple[str, str]:
+        return self.columns["input_layout"][-1], self.columns["output_layout"][-1]
 
 
-def _prepared(run: ShadowRun, after: int, limit: int) -> Batch:
+def _prepared(run: ShadowRun, after: int, limit: int, layouts: tuple[str, str] = NO_LAYOUTS) -> Batch:
     """The next batch, read and stacked: on the reader's thread, this work overlaps with inference."""
-    records, more = _batch(run, after, limit)
-    batch = Batch(records, more, rows=sum(r["rows"] for r in records))
-    if not records:
+    batch = Batch(*_batch(run, after, limit, layouts))
+    if not len(batch):
         return batch
-    reuse = {r["served_by_id"] == run.baseline_id and r["outputs"] is not None for r in records}
+    columns = batch.columns
+    reuse = {
+        served_by == run.baseline_id and outputs is not None
+        for served_by, outputs in zip(columns["served_by_id"], columns["outputs"], strict=True)
+    }
     batch.reuse = reuse.pop() if len(reuse) == 1 else None
     try:
-        batch.inputs = _stack(records)
+        batch.inputs = unpack_many(columns["inputs"], columns["input_layout"])
+        if batch.inputs is None:
+            batch.inputs = _stack(batch.records)
         if batch.reuse:
-            batch.served = unpack_many([r["outputs"] for r in records], [r["output_layout"] for r in records])
+            batch.served = unpack_many(columns["outputs"], columns["output_layout"])
     except Exception:  # records that do not stack are folded one by one, and their errors named there
         batch.inputs = batch.served = None
     return batch
+
+
+class _ShortSwitches:
+    """``READER_SWITCH_INTERVAL`` while any reader runs in this process, the interval before otherwise."""
+
+    def __init__(self) -> None:
+        self.lock, self.readers, self.saved = threading.Lock(), 0, 0.0
+
+    def enter(self) -> None:
+        with self.lock:
+            if not self.readers:
+                self.saved = sys.getswitchinterval()
+                sys.setswitchinterval(min(self.saved, READER_SWITCH_INTERVAL))
+            self.readers += 1
+
+    def exit(self) -> None:
+        with self.lock:
+            self.readers -= 1
+            if not self.readers:
+                sys.setswitchinterval(self.saved)
+
+
+_short_switches = _ShortSwitches()
 
 
 class _Reader:
@@ -597,6 +680,11 @@ class _Reader:
     finishes while the models are still busy with the batch before. Inside a transaction (a test's,
     or a caller's) another connection could not see uncommitted records, so the reader reads in line,
     in full batches.
+
+    While the reader runs, the interpreter's switch interval is ``READER_SWITCH_INTERVAL``: each model
+    call needs the GIL back for a moment when it returns, and with the default 5 ms it waited out
+    whatever Python the reader was running then (building rows, stacking), which made inference
+    10-15% slower than alone (bench/serving_overhead.py: 0.75x a bare loop, 0.81x with 0.2 ms).
     """
 
     def __init__(self, run: ShadowRun) -> None:
@@ -604,8 +692,11 @@ class _Reader:
 
         self.run = run
         self.pool = None if connection.in_atomic_block else ThreadPoolExecutor(1, "shadow-reader")
+        if self.pool is not None:
+            _short_switches.enter()
         self.limit = FIRST_BATCH_RECORDS if self.pool is not None else BATCH_RECORDS
         self.next: Any = None
+        self.layouts = NO_LAYOUTS  # those of the last record read: the next ones most likely share them
 
     def _limit(self) -> int:
         limit, self.limit = self.limit, min(BATCH_RECORDS, self.limit * 2)
@@ -616,9 +707,11 @@ class _Reader:
             pending, self.next = self.next, None
             batch = pending.result()
         else:
-            batch = _prepared(self.run, after, self._limit())
+            batch = _prepared(self.run, after, self._limit(), self.layouts)
+        if len(batch):
+            self.layouts = batch.layouts
         if self.pool is not None and batch.more:
-            self.next = self.pool.submit(_prepared, self.run, batch.records[-1]["id"], self._limit())
+            self.next = self.pool.submit(_prepared, self.run, batch.last_id, self._limit(), self.layouts)
         return batch
 
     def close(self) -> None:
@@ -628,6 +721,7 @@ class _Reader:
             self.next.cancel()
         self.pool.submit(_close_thread_connection)
         self.pool.shutdown(wait=True)
+        _short_switches.exit()
 
 
 def _close_thread_connection() -> None:
@@ -690,13 +784,13 @@ def _fold_batches(
     cand = champ = None
     while time.monotonic() - started < budget:
         batch = reader.read(run.cursor)
-        if not batch.records:
+        if not len(batch):
             break
         if cand is None:
             cand = _runtimes.get(served_artifact_of(run.candidate), run.candidate.signature)
             champ = _runtimes.get(served_artifact_of(run.baseline), run.baseline.signature)
         _fold(run, batch, cand, champ, policy)
-        run.cursor = batch.records[-1]["id"]
+        run.cursor = batch.last_id
         last = (
             not batch.more
             or run.requests >= policy.shadow.min_requests
@@ -710,6 +804,8 @@ def _fold_batches(
             written_cursor, written_at = run.cursor, time.monotonic()
     if run.cursor != written_cursor and not _checkpoint(run, written_cursor):
         return None
+    if not _due(run, policy, now):
+        return run  # as just written
     return shadow_conclude(run.pk, now=now, cand=cand, champ=champ)
 
 
@@ -825,6 +921,12 @@ def verdict_line(summary: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _due(run: ShadowRun, policy: Policy, now: dt.datetime) -> bool:
+    """Whether the run is ready for its verdict: it has its ``min_requests``, or ran out of days."""
+    rules = policy.shadow
+    return run.requests >= rules.min_requests or now >= run.started_at + dt.timedelta(days=rules.max_days)
+
+
 def shadow_conclude(
     run_id: int, *, now: dt.datetime | None = None, cand: Any = None, champ: Any = None
 ) -> ShadowRun | None:
@@ -835,9 +937,9 @@ def shadow_conclude(
         return run
     policy = policy_parse(run.candidate.model.policy)
     rules = policy.shadow
-    enough = run.requests >= rules.min_requests
-    if not enough and now < run.started_at + dt.timedelta(days=rules.max_days):
+    if not _due(run, policy, now):
         return run
+    enough = run.requests >= rules.min_requests
     labelled = _labelled_metric(run, policy, cand, champ) if run.rows else None
     if labelled is not None:
         run.stats["labelled"] = labelled

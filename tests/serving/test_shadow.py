@@ -449,10 +449,10 @@ def test_batches_of_many_row_records_are_cut_by_rows_read_ahead_and_each_record_
     batches: list[int] = []
     real = shadow._batch
 
-    def counting(run, after, limit=0):
-        records, more = real(run, after, limit)
-        batches.append(sum(r["rows"] for r in records))
-        return records, more
+    def counting(run, after, limit=0, layouts=shadow.NO_LAYOUTS):
+        columns, more = real(run, after, limit, layouts)
+        batches.append(sum(columns["rows"]))
+        return columns, more
 
     monkeypatch.setattr(shadow, "_batch", counting)
     set_policy(owner, {**shadow_policy(), "shadow": {"min_requests": 10_000}})
@@ -508,9 +508,55 @@ def test_a_model_answering_the_wrong_number_of_rows_is_an_error_per_request_not_
         }
         for i in range(4)
     ]
-    batch = shadow.Batch(records, False, reuse=False, inputs=shadow._stack(records), rows=12)
+    batch = shadow.Batch.of(records)
+    batch.reuse, batch.inputs = False, shadow._stack(records)
 
     judged = shadow._judge(batch, OneRow(), OneRow(), baseline_id=1, classifier=True, tol=0.01)
 
     assert judged.rows == 0
     assert judged.errors == [f"request r{i}: a model answered 1 rows for 3" for i in range(4)]
+
+
+def test_the_batch_reader_returns_every_field_as_stored_when_layouts_and_metadata_change(fraud_model):
+    # The reader asks PostgreSQL to leave out the layouts it already knows and empty metadata; what it
+    # hands on must be the records exactly, whatever layouts it guessed.
+    wide, narrow = np.ones((2, 4), np.float32), np.arange(3, dtype=np.float64).reshape(3, 1)
+    made = [
+        traffic_record(model_id=fraud_model.pk, request_id="a", inputs=wide, rows=2),
+        traffic_record(model_id=fraud_model.pk, request_id="b", inputs=wide, rows=2, outputs=wide[:, :2]),
+        traffic_record(model_id=fraud_model.pk, request_id="c", inputs=narrow, rows=3, metadata={"k": "v"}),
+        traffic_record(model_id=fraud_model.pk, request_id="d", inputs={"x": wide, "y": wide}, rows=2),
+        traffic_record(model_id=fraud_model.pk, request_id="e", inputs=wide, rows=2),
+    ]
+    TrafficRecord.objects.bulk_create(made)
+    stored = list(TrafficRecord.objects.filter(model=fraud_model).order_by("id").values(*shadow.FIELDS))
+    for record in stored:
+        record["inputs"] = bytes(record["inputs"])
+        record["outputs"] = None if record["outputs"] is None else bytes(record["outputs"])
+    run = ShadowRun(candidate=ModelVersion(model=fraud_model), since=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+
+    for layouts in (shadow.NO_LAYOUTS, (stored[0]["input_layout"], stored[1]["output_layout"])):
+        columns, more = shadow._batch(run, 0, 10, layouts)
+        read = shadow.Batch(columns, more).records
+        for record in read:
+            record["inputs"] = bytes(record["inputs"])
+            record["outputs"] = None if record["outputs"] is None else bytes(record["outputs"])
+        assert (read, more) == (stored, False)
+    columns, more = shadow._batch(run, stored[1]["id"], 2, layouts)
+    assert (columns["request_id"], more) == (["c", "d"], True)
+
+
+def test_the_reservoir_keeps_a_uniform_sample_of_every_row_folded_across_batches():
+    from scipy import stats as sps
+
+    rng, sample, seen = np.random.default_rng(7), {}, 0
+    for size in [500, 1500, 3000, 50_000, 7, 45_000]:  # 100,007 rows, the first batches filling it
+        values = np.arange(seen, seen + size, dtype=np.float64)
+        shadow._reservoir(sample, {"v": values, "w": -values}, seen, rng)
+        seen += size
+    kept = np.asarray(sample["v"])
+    assert len(kept) == shadow.RESERVOIR and len(set(kept.tolist())) == shadow.RESERVOIR
+    assert sample["w"] == (-kept).tolist()  # the same rows in every column
+    # Uniform over all rows, late ones included (a reservoir that stopped replacing fails this).
+    assert sps.kstest(kept / seen, "uniform").pvalue > 0.01
+    assert (kept >= 55_007).mean() == pytest.approx(45_000 / seen, abs=0.05)

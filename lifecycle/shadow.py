@@ -717,11 +717,13 @@ class _Reader:
     def close(self) -> None:
         if self.pool is None:
             return
-        if self.next is not None:
-            self.next.cancel()
-        self.pool.submit(_close_thread_connection)
-        self.pool.shutdown(wait=True)
-        _short_switches.exit()
+        try:
+            if self.next is not None:
+                self.next.cancel()
+            self.pool.submit(_close_thread_connection)
+            self.pool.shutdown(wait=True)
+        finally:  # a time limit may land while the shutdown waits for a read
+            _short_switches.exit()
 
 
 def _close_thread_connection() -> None:

@@ -560,3 +560,22 @@ def test_the_reservoir_keeps_a_uniform_sample_of_every_row_folded_across_batches
     # Uniform over all rows, late ones included (a reservoir that stopped replacing fails this).
     assert sps.kstest(kept / seen, "uniform").pvalue > 0.01
     assert (kept >= 55_007).mean() == pytest.approx(45_000 / seen, abs=0.05)
+
+
+def test_the_short_switch_interval_ends_with_the_reader_even_when_its_close_is_interrupted(monkeypatch):
+    import sys
+
+    before = sys.getswitchinterval()
+    reader = shadow._Reader(ShadowRun())
+    assert sys.getswitchinterval() == pytest.approx(shadow.READER_SWITCH_INTERVAL)
+    assert before > shadow.READER_SWITCH_INTERVAL
+    real = reader.pool.shutdown
+
+    def shutdown(wait=True):
+        real(wait=True)
+        raise RuntimeError("soft time limit")  # as Celery's lands while the shutdown waits
+
+    monkeypatch.setattr(reader.pool, "shutdown", shutdown)
+    with pytest.raises(RuntimeError):
+        reader.close()
+    assert sys.getswitchinterval() == before

@@ -1,7 +1,7 @@
 """Serving and shadow overhead: ``/predict`` against a bare onnxruntime call, and shadow rows/s against a
 bare batched onnxruntime loop.
 
-    .venv/bin/python bench/serving_overhead.py [--requests 2000] [--batch 1,32] [--records 20000]
+    .venv/bin/python bench/serving_overhead.py [--requests 2000] [--batch 1,32] [--records 20000,100000]
         [--hidden 256] [--json]
 
 Needs PostgreSQL on 127.0.0.1:5432 (``BENCH_PG_URL``); the broker is Redis db 14 (``BENCH_BROKER_URL``),
@@ -16,7 +16,9 @@ used only to drop the shadow wake-ups nobody consumes here.
    response read).
 3. Baseline: the same model in an onnxruntime session in this process, with the options the serving
    cache uses (one intra-op thread, no spinning), ``session.run`` on the same batch, timed the same way.
-4. Shadow: ``--records`` traffic records of 10 rows each are bulk-inserted, once with the champion's
+4. Shadow: ``--records`` traffic records of 10 rows each (each count in turn: 20,000 is one short task
+   of about 0.4 s, whose fixed costs, the lease, the set-up and the final checkpoint, weigh ~7%;
+   100,000 is a replay's steady state, as the shadow queue folds for up to 20 s a task) are bulk-inserted, once with the champion's
    outputs captured (the shadow reuses them and runs only the candidate) and once without (it runs
    both). ``lifecycle.shadow.shadow_evaluate`` folds them all (``min_requests`` above the count, so no
    verdict), timed end to end: reading the records, decoding the JSON, running the models, latency
@@ -269,7 +271,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--batch", default="1,32")
-    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--records", default="20000,100000", help="record counts, each a shadow bench")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--only", choices=["predict", "shadow"], help="run one half of the bench")
@@ -329,13 +331,15 @@ def main() -> None:
                         f"{row['overhead_p50_ms']:.3f} ms"
                     )
         bench_shadow(ctx, 200, True)  # warm-up: model loads and imports, as in a long-lived worker
-        for reuse in () if args.only == "predict" else (True, False):
-            row = bench_shadow(ctx, args.records, reuse, profile=args.profile)
-            results["shadow"].append(row)
-            log(
-                f"shadow (reuse={reuse}): {row['shadow_rows_per_s']:,.0f} rows/s vs bare "
-                f"{row['bare_rows_per_s']:,.0f} rows/s = {row['ratio']:.2f}x"
-            )
+        for records in [] if args.only == "predict" else (int(n) for n in args.records.split(",")):
+            for reuse in (True, False):
+                row = bench_shadow(ctx, records, reuse, profile=args.profile)
+                results["shadow"].append(row)
+                log(
+                    f"shadow, {records:,} records (reuse={reuse}): {row['shadow_rows_per_s']:,.0f} rows/s vs "
+                    f"bare {row['bare_rows_per_s']:,.0f} rows/s = {row['ratio']:.2f}x "
+                    f"(rounds {' '.join(format(r['bare_s'] / r['shadow_s'], '.2f') for r in row['rounds'])})"
+                )
     finally:
         from django.db import connections
 

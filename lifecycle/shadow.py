@@ -15,10 +15,8 @@ the worker, and two workers never fold the same records.
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 import functools
-import itertools
 import json
 import logging
 import sys
@@ -40,7 +38,7 @@ from lifecycle.pipeline import enqueue_on_commit
 from lifecycle.policy import MetricGate, NoRegressionGate, Policy, policy_parse
 from lifecycle.serving import RuntimeCache, served_artifact_of
 from lifecycle.states import TransitionNotAllowed, version_transition
-from lifecycle.traffic import unpack, unpack_many
+from lifecycle.traffic import Joined, unpack, unpack_many
 from registry.events import Actor, event_record
 from registry.models import EventKind, ModelVersion, ShadowRun, TrafficRecord
 from registry.models import VersionStatus as S
@@ -51,6 +49,7 @@ ACTOR = "system:shadow"
 EVALUATE = "workers.shadow.evaluate_model_shadows"
 BATCH_RECORDS = 5000  # records read and folded per batch
 BATCH_ROWS = 100_000  # ...and at most about this many rows, for records of many rows each
+BATCH_BYTES = 64 << 20  # ...and of inputs and outputs
 FIRST_BATCH_RECORDS = 250  # a task's first read is small, and each later one twice the last (see _Reader)
 PREDICT_ROWS = 2048  # rows per model call: small enough that a wide model's activations stay in cache
 # The run (cursor, statistics, readable summary) is written this often, and at a task's end: a worker
@@ -519,18 +518,41 @@ def _pool(run: ShadowRun):
 
 
 def _batch_sql(vendor: str) -> str:
-    """The next records of the pool. On PostgreSQL the two layouts come back NULL where they equal the
-    ones given (those of the batch before: one model's traffic nearly always has one layout), and the
-    metadata NULL where it is empty: formatting those per row was a third of the reading."""
+    """The next records of the pool, at most ``limit`` of them and, past the first, only while fewer than
+    ``max_rows`` rows and ``max_bytes`` bytes came before.
+
+    On PostgreSQL the batch comes back as ONE row of columns (arrays, and the inputs and the outputs
+    each joined into one bytea): the reader thread then builds a handful of Python objects instead of
+    nine per record. Converting a batch of rows holds the GIL for milliseconds at a time, and the model
+    calls on the other thread waited for it each time they returned (a reader thread made inference
+    27% slower than alone; one that reads a batch as one row, 6%: bench/serving_overhead.py). The
+    layouts come back NULL where they equal the ones given (those of the batch before: one model's
+    traffic nearly always has one layout), and the metadata NULL where it is empty."""
     table = TrafficRecord._meta.db_table
-    postgres = {
-        "input_layout": "NULLIF(input_layout, %s)",
-        "output_layout": "NULLIF(output_layout, %s)",
-        "metadata": "CAST(NULLIF(metadata, '{}'::jsonb) AS TEXT)",
+    page = f"FROM {table} WHERE model_id = %s AND at >= %s AND id > %s ORDER BY id LIMIT %s"
+    if vendor != "postgresql":
+        columns = ", ".join("CAST(metadata AS TEXT)" if f == "metadata" else f for f in FIELDS)
+        return f"SELECT length(inputs) + COALESCE(length(outputs), 0), {columns} {page}"
+    aggregates = {
+        "id": "array_agg(id)",
+        "request_id": "array_agg(request_id)",
+        "inputs": "string_agg(inputs, ''::bytea), array_agg(length(inputs))",
+        "input_layout": "array_agg(NULLIF(input_layout, %s))",
+        "rows": "array_agg(rows)",
+        "outputs": "string_agg(outputs, ''::bytea), array_agg(length(outputs))",
+        "output_layout": "array_agg(NULLIF(output_layout, %s))",
+        "served_by_id": "array_agg(served_by_id)",
+        "metadata": "array_agg(CAST(NULLIF(metadata, '{}'::jsonb) AS TEXT))",
     }
-    portable = {"metadata": "CAST(metadata AS TEXT)"}
-    columns = ", ".join((postgres if vendor == "postgresql" else portable).get(f, f) for f in FIELDS)
-    return f"SELECT {columns} FROM {table} WHERE model_id = %s AND at >= %s AND id > %s ORDER BY id LIMIT %s"
+    # The page comes from the (model, id) index in id order; the running sums follow that order (no
+    # sort), and a plain aggregate over a subquery keeps its order.
+    return (
+        f"SELECT count(*), sum(rows), sum(size), {', '.join(aggregates[f] for f in FIELDS)} FROM ("
+        f"SELECT *, sum(rows) OVER w - rows AS rows_before, sum(size) OVER w - size AS bytes_before FROM ("
+        f"SELECT *, length(inputs) + COALESCE(length(outputs), 0) AS size FROM (SELECT {', '.join(FIELDS)} {page}) page"
+        f") sized WINDOW w AS (ORDER BY id ROWS UNBOUNDED PRECEDING)"
+        f") running WHERE rows_before < %s AND bytes_before < %s"
+    )
 
 
 BATCH_SQL = {vendor: _batch_sql(vendor) for vendor in ("postgresql", "sqlite")}
@@ -539,36 +561,59 @@ NO_LAYOUTS = ("", "")
 
 def _batch(
     run: ShadowRun, after: int, limit: int = 0, layouts: tuple[str, str] = NO_LAYOUTS
-) -> tuple[dict[str, list], bool]:
+) -> tuple[dict[str, Any], bool]:
     """The pool's next records after id ``after``, oldest first, as columns (``FIELDS``), and whether
     more may follow. ``layouts``: the input and output layouts the records most likely have.
 
-    At most ``limit`` records (``BATCH_RECORDS``) and, past the first, about as many rows as
-    ``BATCH_ROWS`` allows for that many records (100,000 for a full batch). Written out, and kept in
-    columns rather than a dict per record: the ORM's ``.values()`` (its per-field converters, the
-    JSON decoding of every nearly always empty metadata), and then building a dict per record, each
-    cost as much CPU as the reading itself (bench/serving_overhead.py --profile), and the reader runs
-    on the core the models do not use. Metadata is decoded only where it holds something.
+    At most ``limit`` records (``BATCH_RECORDS``) and, past the first, about as many rows and bytes as
+    ``BATCH_ROWS`` and ``BATCH_BYTES`` allow for that many records (100,000 rows for a full batch).
+    Kept in columns rather than a dict per record, and written out rather than through the ORM: its
+    per-field converters and a dict per record each cost as much CPU as the reading itself. On
+    PostgreSQL the inputs and outputs columns are :class:`~lifecycle.traffic.Joined`. Metadata is
+    decoded only where it holds something.
     """
     from django.db import connection
 
     limit = limit or BATCH_RECORDS
     max_rows = max(1, BATCH_ROWS * limit // BATCH_RECORDS)
+    max_bytes = max(1, BATCH_BYTES * limit // BATCH_RECORDS)
     params = [run.candidate.model_id, connection.ops.adapt_datetimefield_value(run.since), after, limit]
     if connection.vendor == "postgresql":
-        rows = _fetch_binary(connection, [*layouts, *params])
+        count, rows, size, *values = _fetch_binary(connection, [*layouts, *params, max_rows, max_bytes])
+        if not count:
+            return {name: [] for name in FIELDS}, False
+        more = count == limit or rows >= max_rows or size >= max_bytes
+        ids, request_ids, blob_in, len_in, *values = values
+        input_layouts, row_counts, blob_out, len_out, *values = values
+        output_layouts, served_by, metadata = values
+        columns = {
+            "id": ids,
+            "request_id": request_ids,
+            "inputs": Joined(blob_in, len_in),
+            "input_layout": input_layouts,
+            "rows": row_counts,
+            "outputs": Joined(blob_out, len_out),
+            "output_layout": output_layouts,
+            "served_by_id": served_by,
+            "metadata": metadata,
+        }
     else:
         with connection.cursor() as cursor:
             cursor.execute(BATCH_SQL["sqlite"], params)
-            rows = cursor.fetchall()
-    if not rows:
-        return {name: [] for name in FIELDS}, False
-    columns = dict(zip(FIELDS, map(list, zip(*rows, strict=True)), strict=True))
-    more = len(rows) == limit
-    # Records up to (and with) the one that reaches max_rows.
-    cut = bisect.bisect_left(list(itertools.accumulate(columns["rows"])), max_rows) + 1
-    if cut < len(rows):
-        columns, more = {name: column[:cut] for name, column in columns.items()}, True
+            fetched = cursor.fetchall()
+        if not fetched:
+            return {name: [] for name in FIELDS}, False
+        sizes, *lists = map(list, zip(*fetched, strict=True))
+        columns = dict(zip(FIELDS, lists, strict=True))
+        more = len(fetched) == limit
+        # Records while fewer than max_rows rows and max_bytes bytes came before them.
+        cut = rows_before = bytes_before = 0
+        for rows_in, size in zip(columns["rows"], sizes, strict=True):
+            if rows_before >= max_rows or bytes_before >= max_bytes:
+                break
+            cut, rows_before, bytes_before = cut + 1, rows_before + rows_in, bytes_before + size
+        if cut < len(fetched):
+            columns, more = {name: column[:cut] for name, column in columns.items()}, True
     for name, known in zip(("input_layout", "output_layout"), layouts, strict=True):
         if None in columns[name]:
             columns[name] = [known if layout is None else layout for layout in columns[name]]
@@ -576,16 +621,16 @@ def _batch(
     return columns, more
 
 
-def _fetch_binary(connection: Any, params: list) -> list[tuple]:
-    """The batch in PostgreSQL's binary format: the inputs and outputs come as their bytes, not as hex
-    text for the client to decode, which halves the cost of reading a batch. Django's cursors bind
-    on the client, which cannot ask for binary results, so this one cursor binds on the server."""
+def _fetch_binary(connection: Any, params: list) -> tuple:
+    """The batch's one row, in PostgreSQL's binary format: the inputs and outputs come as their bytes,
+    not as hex text for the client to decode. Django's cursors bind on the client, which cannot ask for
+    binary results, so this one cursor binds on the server."""
     import psycopg
 
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(BATCH_SQL["postgresql"], params, binary=True, prepare=False)
-        return cursor.fetchall()
+        return cursor.fetchone()
 
 
 class Batch:
@@ -619,7 +664,7 @@ class Batch:
 
     @property
     def last_id(self) -> int:
-        return self.columns["id"][-1]
+        return max(self.columns["id"])
 
     @property
     def layouts(self) -> tuple[str, str]:
@@ -632,9 +677,11 @@ def _prepared(run: ShadowRun, after: int, limit: int, layouts: tuple[str, str] =
     if not len(batch):
         return batch
     columns = batch.columns
+    outputs = columns["outputs"]
+    present = outputs.lengths if isinstance(outputs, Joined) else outputs  # None where a record has none
     reuse = {
-        served_by == run.baseline_id and outputs is not None
-        for served_by, outputs in zip(columns["served_by_id"], columns["outputs"], strict=True)
+        served_by == run.baseline_id and output is not None
+        for served_by, output in zip(columns["served_by_id"], present, strict=True)
     }
     batch.reuse = reuse.pop() if len(reuse) == 1 else None
     try:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -73,9 +74,34 @@ def unpack(blob: bytes | memoryview, layout: str) -> Any:
     return arrays[""] if len(arrays) == 1 and "" in arrays else arrays
 
 
-def unpack_many(blobs: list, layouts: list[str]) -> np.ndarray | None:
+class Joined(Sequence):
+    """Many records' blobs read as one (a shadow's batch, joined by PostgreSQL), with each record's length
+    (None for a NULL): a record's own blob is cut out only when it is read on its own."""
+
+    def __init__(self, blob: bytes | None, lengths: list[int | None]) -> None:
+        self.blob = blob or b""
+        self.lengths = lengths
+
+    @functools.cached_property
+    def _starts(self) -> list[int]:
+        return [0, *itertools.accumulate(n or 0 for n in self.lengths)]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> bytes | None:  # type: ignore[override]
+        if self.lengths[i] is None:
+            return None
+        i %= len(self.lengths)
+        return self.blob[self._starts[i] : self._starts[i + 1]]
+
+
+def unpack_many(blobs: list | Joined, layouts: list[str]) -> np.ndarray | None:
     """Many single-array records stacked on axis 0 with ONE ``frombuffer``, when they share a dtype
-    and a row shape (the usual case: one model's traffic); None otherwise (unpack them one by one)."""
+    and a row shape (the usual case: one model's traffic); None otherwise (unpack them one by one).
+    ``blobs`` already :class:`Joined` are not copied."""
+    if isinstance(blobs, Joined) and None in blobs.lengths:
+        return None
     first = _layout(layouts[0])
     if len(first) != 1 or first[0][0] != "":
         return None
@@ -84,6 +110,8 @@ def unpack_many(blobs: list, layouts: list[str]) -> np.ndarray | None:
         entry = _layout(layout)
         if len(entry) != 1 or entry[0][0] != "" or entry[0][1] != dtype or entry[0][2][1:] != shape[1:]:
             return None
+    if isinstance(blobs, Joined):
+        return np.frombuffer(blobs.blob, dtype=dtype).reshape((-1, *shape[1:]))
     return np.frombuffer(b"".join(blobs), dtype=dtype).reshape((-1, *shape[1:]))
 
 

@@ -546,6 +546,32 @@ def test_the_batch_reader_returns_every_field_as_stored_when_layouts_and_metadat
     assert (columns["request_id"], more) == (["c", "d"], True)
 
 
+def test_a_batch_is_cut_by_its_bytes_after_the_record_that_reaches_the_bound(fraud_model, monkeypatch):
+    # Records of 32 input bytes (and 8 output bytes on every other one); a bound of 100 bytes for a
+    # full batch keeps the records until the one that reaches it, and says more may follow.
+    monkeypatch.setattr(shadow, "BATCH_BYTES", 100)
+    wide = np.ones((2, 4), np.float32)
+    TrafficRecord.objects.bulk_create(
+        traffic_record(
+            model_id=fraud_model.pk,
+            request_id=f"r{i}",
+            inputs=wide,
+            rows=2,
+            outputs=wide[:, :1] if i % 2 else None,
+        )
+        for i in range(6)
+    )
+    run = ShadowRun(candidate=ModelVersion(model=fraud_model), since=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+
+    columns, more = shadow._batch(run, 0, shadow.BATCH_RECORDS)
+
+    assert (columns["request_id"], more) == (["r0", "r1", "r2"], True)  # 0, 32, 72 bytes before each
+    assert [None if o is None else len(o) for o in columns["outputs"]] == [None, 8, None]
+    assert bytes(columns["inputs"][2]) == wide.tobytes()
+    assert shadow.unpack_many(columns["inputs"], columns["input_layout"]).shape == (6, 4)
+    assert shadow.unpack_many(columns["outputs"], columns["output_layout"]) is None  # some have none
+
+
 def test_the_reservoir_keeps_a_uniform_sample_of_every_row_folded_across_batches():
     from scipy import stats as sps
 

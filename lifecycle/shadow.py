@@ -637,7 +637,7 @@ class Batch:
     """Records read for folding, in columns, with their arrays already stacked by the reader where they
     stack."""
 
-    def __init__(self, columns: dict[str, list], more: bool) -> None:
+    def __init__(self, columns: dict[str, Any], more: bool) -> None:
         self.columns = columns
         self.more = more  # more records may follow
         # Every record carries this champion's answer (True), none does (False), or mixed (None).

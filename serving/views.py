@@ -12,6 +12,7 @@ import random
 import time
 import uuid
 
+import orjson
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
@@ -126,12 +127,24 @@ def _request_id(body: dict) -> str:
 
 
 def _json_body(request: Request) -> object:
-    """The JSON body, decoded in one call (DRF's streaming parser took a tenth of a predict call)."""
+    """The JSON body, decoded in one call (DRF's streaming parser took a tenth of a predict call).
+
+    orjson reads it: a body of floats 14 us for 32 rows of 16, against 200 us for ``parsers.loads``, whose
+    per-float check was a tenth of a predict call. orjson refuses NaN, Infinity and overflowing numbers
+    itself; what it refuses is read again by ``parsers.loads`` for the message that names the problem.
+    (orjson reads an integer beyond 64 bits as a float: here the inputs are cast to the model's dtype
+    anyway, so only such a metadata value would read differently.)
+    """
     content_type = request.content_type.split(";")[0].strip().lower()
     if content_type != "application/json":
         raise UnsupportedMediaType(content_type or "(none)")
+    body = request.body
     try:
-        return parsers.loads(request.body)
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return parsers.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
 

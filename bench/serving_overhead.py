@@ -16,12 +16,12 @@ used only to drop the shadow wake-ups nobody consumes here.
    response read).
 3. Baseline: the same model in an onnxruntime session in this process, with the options the serving
    cache uses (one intra-op thread, no spinning), ``session.run`` on the same batch, timed the same way.
-4. Shadow: ``--records`` traffic records of 10 rows each (each count in turn: 20,000 is one short task
-   of about 0.4 s, whose fixed costs, the lease, the set-up and the final checkpoint, weigh ~7%;
-   100,000 is a replay's steady state, as the shadow queue folds for up to 20 s a task) are bulk-inserted, once with the champion's
-   outputs captured (the shadow reuses them and runs only the candidate) and once without (it runs
-   both). ``lifecycle.shadow.shadow_evaluate`` folds them all (``min_requests`` above the count, so no
-   verdict), timed end to end: reading the records, decoding the JSON, running the models, latency
+4. Shadow: ``--records`` traffic records of 10 rows each (each count in turn: 20,000 make one short
+   task of about 0.4 s, whose fixed costs, the lease, the set-up and the final checkpoint, weigh ~7%;
+   100,000 a replay's steady state, as the shadow queue folds for up to 20 s a task) are bulk-inserted,
+   once with the champion's outputs captured (the shadow reuses them and runs only the candidate) and
+   once without (it runs both). ``lifecycle.shadow.shadow_evaluate`` folds them all (``min_requests``
+   above the count, so no verdict), timed end to end: reading the records, decoding the JSON, running the models, latency
    probes, statistics and the compare-and-set write per batch. Baseline: the same rows as one float32
    array in memory, run through the candidate (and the champion for the second case) in calls of
    ``shadow.PREDICT_ROWS`` rows, as the shadow calls them.

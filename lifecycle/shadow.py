@@ -68,6 +68,7 @@ FIELDS = (
     "served_by_id",
     "metadata",
 )
+JOINED = ("inputs", "outputs")  # read on PostgreSQL as one blob per batch (traffic.Joined)
 READER_SWITCH_INTERVAL = 0.0002  # seconds; see _Reader
 RESERVOIR = 2000  # values kept per distribution; quantiles and KS are exact up to this many rows
 PROBES_PER_BATCH = 16  # single-request latency probes of both models per full batch (fewer in a smaller one)
@@ -536,10 +537,9 @@ def _batch_sql(vendor: str) -> str:
     aggregates = {
         "id": "array_agg(id)",
         "request_id": "array_agg(request_id)",
-        "inputs": "string_agg(inputs, ''::bytea), array_agg(length(inputs))",
+        **{name: f"string_agg({name}, ''::bytea), array_agg(length({name}))" for name in JOINED},
         "input_layout": "array_agg(NULLIF(input_layout, %s))",
         "rows": "array_agg(rows)",
-        "outputs": "string_agg(outputs, ''::bytea), array_agg(length(outputs))",
         "output_layout": "array_agg(NULLIF(output_layout, %s))",
         "served_by_id": "array_agg(served_by_id)",
         "metadata": "array_agg(CAST(NULLIF(metadata, '{}'::jsonb) AS TEXT))",
@@ -583,19 +583,10 @@ def _batch(
         if not count:
             return {name: [] for name in FIELDS}, False
         more = count == limit or rows >= max_rows or size >= max_bytes
-        ids, request_ids, blob_in, len_in, *values = values
-        input_layouts, row_counts, blob_out, len_out, *values = values
-        output_layouts, served_by, metadata = values
+        # One array per field, in FIELDS order; inputs and outputs as a joined blob and its lengths.
+        fetched = iter(values)
         columns = {
-            "id": ids,
-            "request_id": request_ids,
-            "inputs": Joined(blob_in, len_in),
-            "input_layout": input_layouts,
-            "rows": row_counts,
-            "outputs": Joined(blob_out, len_out),
-            "output_layout": output_layouts,
-            "served_by_id": served_by,
-            "metadata": metadata,
+            name: Joined(next(fetched), next(fetched)) if name in JOINED else next(fetched) for name in FIELDS
         }
     else:
         with connection.cursor() as cursor:
